@@ -1,0 +1,53 @@
+"""Export a training run's best weights to the engine's model format with metadata."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..checkpoints import save_model
+from .loop import Trainer, hardware_description
+
+
+def export_run(trainer: Trainer, args, cases, validation, path: Path) -> None:
+    best_path = trainer.settings.output / "best.pt"
+    network = trainer.network
+    if best_path.exists():
+        state = torch.load(best_path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state["network"])
+    network = network.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    metadata = {
+        "name": "mem3d-compact",
+        "mem3d_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "normalisation": "crop-window",
+        "input_size": network.config.input_size,
+        "training": {
+            "cases": [_case_text(c) for c in cases],
+            "validation_cases": [_case_text(c) for c in validation or []],
+            "steps": trainer.step,
+            "minutes": round(trainer.elapsed / 60, 1),
+            "hardware": hardware_description(),
+            "batch_clips": trainer.settings.batch_clips,
+            "frames_per_clip": trainer.settings.clip.frames,
+            "seed": trainer.settings.seed,
+            "command": "mem3d train " + " ".join(_argument_text(args)),
+        },
+        "validation": trainer.best,
+    }
+    save_model(network, path, metadata)
+
+
+def _case_text(case) -> str:
+    labelmap = case.labelmap.name if case.labelmap else "-"
+    return f"{case.image.name} | {labelmap}"
+
+
+def _argument_text(args) -> list[str]:
+    words = []
+    for key in ("minutes", "max_steps", "batch", "frames", "seed"):
+        words.append(f"--{key.replace('_', '-')} {getattr(args, key)}")
+    return words
