@@ -1,0 +1,75 @@
+"""One-call Python API for scripts and the Slicer Python console.
+
+    import mem3d
+    result = mem3d.propagate(image, annotation, spacing=(5.0, 0.8, 0.8))
+    result.labels          # (k, j, i) labelmap on the image's grid
+    result.quality[1]      # quality estimate per slice for label 1
+
+For interactive use, `open_session` returns a `PropagationSession` whose `run()` generator
+yields progress after every slice.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .checkpoints import LoadedModel, get_model
+from .propagation import Progress, PropagationResult, PropagationSession
+from .registry import DEFAULT_MODEL, resolve_model
+from .runtime import ModelRunner, choose_device
+from .walk import WalkSettings
+
+_runners: dict = {}
+
+
+def load_runner(model: str | LoadedModel | None = None, device: str = "auto") -> ModelRunner:
+    """Return a ModelRunner for a registry name, a file path or a loaded model; kept loaded."""
+    torch_device = choose_device(device)
+    if isinstance(model, LoadedModel):
+        return ModelRunner.create(model.network, torch_device)
+    path = resolve_model(model or DEFAULT_MODEL)
+    key = (str(path), str(torch_device))
+    if key not in _runners:
+        loaded = get_model(path, torch_device)
+        _runners[key] = ModelRunner.create(loaded.network, torch_device)
+    return _runners[key]
+
+
+def open_session(image: np.ndarray, annotation: np.ndarray,
+                 spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), axis="auto",
+                 model=None, device: str = "auto", key_slices=None, slice_range=None,
+                 settings: WalkSettings | None = None) -> PropagationSession:
+    """Create a session for a (k, j, i) image and labelmap; spacing is (k, j, i) in mm."""
+    return PropagationSession(
+        runner=load_runner(model, device),
+        image=image,
+        annotation=annotation,
+        spacing=tuple(float(s) for s in spacing),
+        axis=axis,
+        key_slices=key_slices,
+        slice_range=slice_range,
+        settings=settings or WalkSettings(),
+    )
+
+
+def propagate(image: np.ndarray, annotation: np.ndarray,
+              spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), axis="auto", model=None,
+              device: str = "auto", key_slices=None, slice_range=None,
+              progress: Callable[[Progress], None] | None = None) -> PropagationResult:
+    """Propagate every label of `annotation` through `image` and return the result."""
+    session = open_session(image, annotation, spacing, axis, model, device, key_slices,
+                           slice_range)
+    for step in session.run():
+        if progress is not None:
+            progress(step)
+    return session.result
+
+
+def unload() -> None:
+    """Forget loaded models and free their memory (GPU memory included)."""
+    from .checkpoints import unload_models
+
+    _runners.clear()
+    unload_models()

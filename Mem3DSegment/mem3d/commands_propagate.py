@@ -1,0 +1,129 @@
+"""`mem3d propagate IMAGE ANNOTATION -o OUTPUT`: segment a structure through a volume."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import Mem3DError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "propagate", help="propagate annotated slices through a volume",
+        description="Every slice (along the axis) that holds any label is a key slice; each "
+                    "label is propagated from its key slices through the volume.",
+    )
+    parser.add_argument("image", type=Path,
+                        help="image: NRRD, NIfTI, MHA or a DICOM series folder")
+    parser.add_argument("annotation", type=Path,
+                        help="labelmap or .seg.nrrd on the image grid, drawn on a few slices")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output labelmap (.nrrd, .nii.gz, .mha) or .seg.nrrd")
+    parser.add_argument("--axis", default="auto",
+                        help="auto, axial, coronal, sagittal, or array axis 0 (k), 1 (j), 2 (i)")
+    parser.add_argument("--model", default=None,
+                        help="registry model name or checkpoint file (default: mem3d-compact)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--quality-csv", type=Path,
+                        help="write the quality estimate per label and slice to this CSV file")
+    parser.add_argument("--force", action="store_true",
+                        help="allow OUTPUT to replace an input file")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def check_output_paths(args) -> None:
+    """Reject an output that would overwrite an input, unless --force; check writability."""
+    outputs = [args.output] + ([args.quality_csv] if args.quality_csv else [])
+    for output in outputs:
+        for source in (args.image, args.annotation):
+            if output.exists() and source.exists() and _same_file(output, source):
+                if not args.force:
+                    raise Mem3DError(f"output {output} is an input file; choose another path "
+                                     "or add --force to replace it")
+        folder = output.parent if str(output.parent) else Path(".")
+        if not folder.is_dir():
+            raise Mem3DError(f"output folder {folder} does not exist; create it first")
+        if not os.access(folder, os.W_OK):
+            raise Mem3DError(f"output folder {folder} is not writable; choose another -o path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from .io import read_annotation, read_image, write_result
+
+    check_output_paths(args)
+    image = read_image(args.image)
+    annotation = read_annotation(args.annotation, reference=image)
+    result = propagate_with_progress(image, annotation, args)
+    write_result(result.labels, image, annotation.segments, args.output)
+    if args.quality_csv:
+        write_quality_csv(result, args.quality_csv)
+    _print_summary(result, args.output)
+    return 0
+
+
+def propagate_with_progress(image, annotation, args):
+    from .api import open_session
+
+    session = open_session(image.array, annotation.labels, image.spacing, axis=args.axis,
+                           model=args.model, device=args.device)
+    show = not args.no_progress and sys.stderr.isatty()
+    with _progress_bar(show) as bar:
+        for step in session.run():
+            if bar is not None:
+                bar.total = step.total
+                bar.set_postfix_str(f"label {step.label}, slice {step.slice_index}")
+                bar.update(1)
+    return session.result
+
+
+def _progress_bar(show: bool):
+    import contextlib
+
+    if not show:
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+
+    return tqdm(unit="slice", desc="propagating", leave=False)
+
+
+def write_quality_csv(result, path: Path) -> None:
+    """One row per label and slice: label, slice, key slice flag, quality (empty if not run)."""
+    temporary = path.with_name(f".{path.name}.partial")
+    keys = set(result.key_slices)
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "slice", "axis", "key_slice", "quality"])
+        for label, values in sorted(result.quality.items()):
+            for index, value in enumerate(values):
+                text = "" if np.isnan(value) else f"{value:.4f}"
+                writer.writerow([label, index, result.axis, int(index in keys), text])
+    os.replace(temporary, path)
+
+
+def _print_summary(result, output: Path) -> None:
+    speed = result.slices_computed / result.seconds if result.seconds > 0 else float("nan")
+    print(f"wrote {output}: axis {result.axis}, {len(result.key_slices)} key slices, "
+          f"{result.slices_computed} slices propagated in {result.seconds:.1f} s "
+          f"({speed:.1f} slices/s)")
+    least = result.least_certain_slice()
+    if least is not None:
+        label, index = least
+        print(f"least certain: label {label} on slice {index} "
+              f"(quality {result.quality[label][index]:.2f})")

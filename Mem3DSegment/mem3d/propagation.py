@@ -1,0 +1,201 @@
+"""Propagation session: key slices in, a labelmap and per-slice quality out.
+
+`PropagationSession.run()` is a generator that yields a `Progress` after every slice, so a
+caller can draw progress and cancel by no longer iterating (or calling `close()`). The result
+exists only once the generator has finished; a cancelled run leaves no result and changes none
+of the inputs. After a correction (`set_annotation`), walks whose key slices did not change are
+reused, so only the slices next to the corrected slice are computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import Mem3DError
+from .planning import Walk, annotated_slices, detect_axis, parse_axis, plan_walks
+from .runtime import ModelRunner
+from .walk import WalkResult, WalkRunner, WalkSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int  # slices computed so far in this run
+    total: int  # slices planned; walks that stop early at an object's end finish sooner
+    label: int
+    slice_index: int
+
+
+@dataclass
+class PropagationResult:
+    labels: np.ndarray  # (k, j, i), the annotation's dtype and label values
+    quality: dict[int, np.ndarray]  # label -> (slices along axis,), NaN where not computed
+    axis: int
+    key_slices: list[int]
+    seconds: float
+    slices_computed: int
+
+    def least_certain_slice(self) -> tuple[int, int] | None:
+        """Return (label, slice index) with the lowest quality estimate, or None."""
+        best = None
+        for label, values in self.quality.items():
+            if np.all(np.isnan(values)):
+                continue
+            index = int(np.nanargmin(values))
+            if best is None or values[index] < best[2]:
+                best = (label, index, values[index])
+        return None if best is None else best[:2]
+
+
+@dataclass
+class PropagationSession:
+    """A volume, its annotation, a model and the cached walks of earlier runs."""
+
+    runner: ModelRunner
+    image: np.ndarray  # (k, j, i)
+    annotation: np.ndarray  # (k, j, i) integer labels
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (k, j, i) in mm
+    axis: int | str | None = "auto"
+    key_slices: list[int] | None = None  # default: every slice with any label
+    slice_range: tuple[int, int] | None = None  # (first, last) slice along the axis, inclusive
+    settings: WalkSettings = field(default_factory=WalkSettings)
+    result: PropagationResult | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.set_annotation(self.annotation)
+
+    def set_annotation(self, annotation: np.ndarray) -> None:
+        """Replace the annotation, for example after a correction; cached walks stay valid."""
+        if annotation.shape != self.image.shape:
+            raise Mem3DError(
+                f"annotation shape {annotation.shape} differs from image shape {self.image.shape}; "
+                "resample the annotation onto the image grid"
+            )
+        if not np.issubdtype(annotation.dtype, np.integer):
+            raise Mem3DError(f"annotation must hold integer labels, not {annotation.dtype}")
+        self.annotation = annotation
+        self.result = None
+
+    def resolved_axis(self) -> int:
+        axis = parse_axis(self.axis)
+        return detect_axis(self.annotation) if axis is None else axis
+
+    def resolved_key_slices(self, axis: int) -> np.ndarray:
+        if self.key_slices is not None:
+            keys = np.unique(np.asarray(self.key_slices, dtype=int))
+            count = self.annotation.shape[axis]
+            if keys.size and (keys.min() < 0 or keys.max() >= count):
+                raise Mem3DError(f"key slices must lie in 0..{count - 1}, got {keys.tolist()}")
+            return keys
+        keys = annotated_slices(self.annotation, axis)
+        if keys.size == 0:
+            raise Mem3DError("the annotation is empty: paint the structure on at least one slice")
+        return keys
+
+    def run(self) -> Iterator[Progress]:
+        """Propagate every label; yield after each slice; set `self.result` at the end."""
+        started = time.monotonic()
+        axis = self.resolved_axis()
+        keys = self.resolved_key_slices(axis)
+        image = np.moveaxis(self.image, axis, 0)
+        annotation = np.moveaxis(self.annotation, axis, 0)
+        pixel_spacing = tuple(self.spacing[a] for a in range(3) if a != axis)
+        walker = WalkRunner(self.runner, image, annotation, pixel_spacing, self.settings)
+        labels = [int(v) for v in np.unique(annotation[keys]) if v != 0]
+        walks = [w for label in labels for w in plan_walks(annotation, keys, label, self.slice_range)]
+        pending = [w for w in walks if self._walk_key(w, annotation) not in self._cache]
+        total = sum(len(w.slices) for w in pending)
+        log.info("propagation started: shape %s, axis %d, %d key slices, %d labels, %d walks "
+                 "(%d reused)", self.image.shape, axis, keys.size, len(labels), len(walks),
+                 len(walks) - len(pending))
+        done, finished = 0, False
+        try:
+            for walk in pending:
+                walk_result = WalkResult(walk)
+                for index in walker.run(walk, walk_result):
+                    done += 1
+                    yield Progress(done, total, walk.label, index)
+                self._cache[self._walk_key(walk, annotation)] = walk_result
+            self._keep_only(walks, annotation)
+            results = [self._cache[self._walk_key(w, annotation)] for w in walks]
+            self.result = assemble(self.annotation, axis, keys, labels, results, done,
+                                   time.monotonic() - started)
+            finished = True
+        finally:
+            seconds = time.monotonic() - started
+            state = "finished" if finished else "cancelled or failed"
+            log.info("propagation %s after %d slices in %.2f s", state, done, seconds)
+
+    def _walk_key(self, walk: Walk, annotation: np.ndarray) -> tuple:
+        """Identify a walk by its plan and the masks of its key slices."""
+        digest = hashlib.sha1()
+        for index in (walk.start, walk.far_key):
+            if index is not None:
+                digest.update(np.packbits(annotation[index] == walk.label).tobytes())
+        return walk, digest.hexdigest()
+
+    def _keep_only(self, walks, annotation) -> None:
+        wanted = {self._walk_key(w, annotation) for w in walks}
+        for key in list(self._cache):
+            if key not in wanted:
+                del self._cache[key]
+
+
+def _blend_weight(walk: Walk, index: int) -> float:
+    """Weight of a walk on a slice between two key slices: 1 at its start, 0 at the far key."""
+    if walk.far_key is None:
+        return 1.0
+    return abs(walk.far_key - index) / abs(walk.far_key - walk.start)
+
+
+def assemble(annotation: np.ndarray, axis: int, keys: np.ndarray, labels: list[int],
+             results: list[WalkResult], computed: int, seconds: float) -> PropagationResult:
+    """Blend the walks slice by slice, pick one label per voxel, restore the key slices."""
+    annotation_ax = np.moveaxis(annotation, axis, 0)
+    output = np.zeros_like(annotation)
+    output_ax = np.moveaxis(output, axis, 0)
+    count, shape = annotation_ax.shape[0], annotation_ax.shape[1:]
+    quality = {label: np.full(count, np.nan, dtype=np.float32) for label in labels}
+    by_slice: dict[int, list[WalkResult]] = {}
+    for result in results:
+        for index in result.crops:
+            by_slice.setdefault(index, []).append(result)
+    key_set = set(int(k) for k in keys)
+    for index, slice_results in sorted(by_slice.items()):
+        if index in key_set:
+            continue
+        output_ax[index] = _merge_slice(index, shape, labels, slice_results, quality, output.dtype)
+    for index in key_set:
+        output_ax[index] = annotation_ax[index]
+        for label in labels:
+            quality[label][index] = 1.0
+    return PropagationResult(output, quality, axis, sorted(key_set), seconds, computed)
+
+
+def _merge_slice(index, shape, labels, slice_results, quality, dtype) -> np.ndarray:
+    """Return one slice of labels: the most probable label where its probability exceeds 0.5."""
+    probabilities = torch.zeros((len(labels) + 1, *shape), dtype=torch.float32)
+    probabilities[0] = 0.5
+    for label_index, label in enumerate(labels, start=1):
+        weighted_quality, total_weight = 0.0, 0.0
+        for result in slice_results:
+            if result.walk.label != label:
+                continue
+            weight = _blend_weight(result.walk, index)
+            probabilities[label_index] += weight * result.probability(index, shape)
+            weighted_quality += weight * result.quality[index]
+            total_weight += weight
+        if total_weight > 0:
+            quality[label][index] = weighted_quality / total_weight
+    winner = probabilities.argmax(dim=0).numpy()
+    values = np.asarray([0, *labels], dtype=dtype)
+    return values[winner]

@@ -1,0 +1,103 @@
+"""Run a loaded STM network on crops: the one place that decides device, dtype and autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .errors import Mem3DError
+from .network import STM
+
+log = logging.getLogger(__name__)
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """Return the torch device for "auto", "cpu" or "cuda" (or "cuda:N")."""
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise Mem3DError(f"device {name!r}: torch sees no CUDA GPU here; use --device cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise Mem3DError(f"device {name!r} is not one of auto, cpu, cuda")
+
+
+def cpu_supports_bf16() -> bool:
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+@dataclass
+class ModelRunner:
+    """A network on a device, with the autocast that suits it.
+
+    On CPUs with bfloat16 support (AVX-512 BF16 or AMX) autocast runs the convolutions in
+    bfloat16, which the compact model was trained with; elsewhere the CPU runs float32. On CUDA,
+    float16 autocast is used.
+    """
+
+    network: STM
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+
+    @classmethod
+    def create(cls, network: STM, device: str | torch.device = "auto", precision: str = "auto"):
+        device = device if isinstance(device, torch.device) else choose_device(device)
+        network = network.to(device).eval()
+        dtype = None
+        if precision == "auto":
+            if device.type == "cuda":
+                dtype = torch.float16
+            elif cpu_supports_bf16():
+                dtype = torch.bfloat16
+        elif precision != "float32":
+            raise Mem3DError(f"precision {precision!r} is not one of auto, float32")
+        if device.type == "cpu":
+            network = network.to(memory_format=torch.channels_last)
+        return cls(network, device, dtype)
+
+    @property
+    def input_size(self) -> int:
+        return self.network.config.input_size
+
+    @property
+    def has_quality_head(self) -> bool:
+        return self.network.config.quality != "none"
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _image(self, crop: torch.Tensor) -> torch.Tensor:
+        """(H, W) in [0, 1] -> (1, C, H, W) with the grey slice repeated to C channels."""
+        channels = self.network.config.image_channels
+        return crop.to(self.device).view(1, 1, *crop.shape).expand(1, channels, -1, -1)
+
+    def encode_memory(self, image: torch.Tensor, mask: torch.Tensor, other: torch.Tensor | None):
+        """Encode one crop with its mask; `other` is the other objects' mask ("o" layouts)."""
+        mask = mask.to(self.device).view(1, 1, *mask.shape).float()
+        if self.network.config.second_mask == "bg":
+            second = 1 - mask
+        else:
+            second = torch.zeros_like(mask) if other is None else other.to(self.device).view_as(mask)
+        with torch.inference_mode(), self.autocast():
+            return self.network.encode_memory(self._image(image), mask, second)
+
+    def segment(self, image: torch.Tensor, prior: torch.Tensor, memory_key, memory_value):
+        """Return (probability (H, W) float32 on the CPU, quality float or None)."""
+        prior = prior.to(self.device).view(1, 1, *prior.shape).float()
+        with torch.inference_mode(), self.autocast():
+            query = self.network.encode_query(self._image(image), prior)
+            probability, quality, _ = self.network.decode(query, memory_key, memory_value)
+        quality_value = None if quality is None else float(quality[0])
+        return probability[0, 0].float().cpu(), quality_value

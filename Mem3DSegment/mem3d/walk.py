@@ -1,0 +1,125 @@
+"""Run one walk: propagate one object slice by slice from a key slice in one direction.
+
+Each slice is cropped around where the object was on the previous slice (a crop of fixed size
+in mm, set on the key slice), resized to the network input, segmented from the memory bank with
+the previous slice's mask as prior, and kept as a crop. Crops are pasted into full slices only
+when the result is assembled, so a walk stores about 32 KB per slice whatever the slice size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .memory import MemoryBank
+from .planning import Walk
+from .preprocessing import (
+    CROP_MARGIN,
+    CropBox,
+    crop_box_for_mask,
+    extract_crop,
+    intensity_window,
+    mask_center,
+    normalise,
+    paste_crop,
+)
+from .runtime import ModelRunner
+
+
+@dataclass(frozen=True)
+class WalkSettings:
+    recent_memory: int = 3  # predicted slices kept in memory besides the key slices
+    stop_after_empty: int = 2  # consecutive empty slices after which the object has ended
+    min_object_pixels: int = 4  # a prediction smaller than this, in input pixels, is empty
+    crop_margin: float = CROP_MARGIN
+
+
+@dataclass
+class WalkResult:
+    """Per slice: the crop box, the probability crop (float16) and the quality estimate."""
+
+    walk: Walk
+    boxes: dict[int, CropBox] = field(default_factory=dict)
+    crops: dict[int, torch.Tensor] = field(default_factory=dict)
+    quality: dict[int, float] = field(default_factory=dict)
+    ended_at: int | None = None  # first slice judged empty for good, if the object ended
+
+    def probability(self, index: int, shape: tuple[int, int]) -> torch.Tensor | None:
+        if index not in self.crops:
+            return None
+        return paste_crop(self.crops[index].float(), self.boxes[index], shape)
+
+
+def confidence_proxy(probability: torch.Tensor) -> float:
+    """Estimate quality when the model has no quality head: 1 - mean uncertainty.
+
+    Uncertainty is 2 min(p, 1 - p), averaged over pixels with p > 0.05 (the prediction and its
+    uncertain rim). A slice with no such pixel is confidently empty and scores 1.
+    """
+    region = probability > 0.05
+    if not bool(region.any()):
+        return 1.0
+    p = probability[region]
+    return float(1 - (2 * torch.minimum(p, 1 - p)).mean())
+
+
+class WalkRunner:
+    """Propagate the objects of one volume; `image` and `annotation` have the axis first."""
+
+    def __init__(self, runner: ModelRunner, image: np.ndarray, annotation: np.ndarray,
+                 pixel_spacing: tuple[float, float], settings: WalkSettings):
+        self.runner = runner
+        self.image = image
+        self.annotation = annotation
+        self.pixel_spacing = pixel_spacing
+        self.settings = settings
+        self.size = runner.input_size
+
+    def _slice(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.image[index], dtype=np.float32))
+
+    def _crop(self, index: int, box: CropBox, window) -> torch.Tensor:
+        return normalise(extract_crop(self._slice(index)[None], box, self.size)[0], window)
+
+    def _mask_crop(self, mask: np.ndarray, box: CropBox) -> torch.Tensor:
+        crop = extract_crop(torch.from_numpy(mask.astype(np.float32))[None], box, self.size)[0]
+        return (crop > 0.5).float()
+
+    def _encode_key(self, memory, index, label, box, window) -> None:
+        slice_labels = self.annotation[index]
+        mask = self._mask_crop(slice_labels == label, box)
+        others = self._mask_crop((slice_labels != label) & (slice_labels != 0), box)
+        memory.add_key_slice(*self.runner.encode_memory(self._crop(index, box, window), mask, others))
+
+    def run(self, walk: Walk, result: WalkResult):
+        """Fill `result` slice by slice, yielding each slice index after it is done."""
+        key_mask = self.annotation[walk.start] == walk.label
+        box = crop_box_for_mask(key_mask, self.pixel_spacing, self.settings.crop_margin)
+        window = intensity_window(extract_crop(self._slice(walk.start)[None], box, self.size))
+        memory = MemoryBank(self.settings.recent_memory)
+        self._encode_key(memory, walk.start, walk.label, box, window)
+        if walk.far_key is not None:
+            far_center = mask_center(self.annotation[walk.far_key] == walk.label)
+            self._encode_key(memory, walk.far_key, walk.label, box.moved_to(far_center), window)
+        previous = torch.from_numpy(key_mask.astype(np.float32))
+        empty_run = 0
+        for index in walk.slices:
+            center = mask_center(previous.numpy() > 0.5)
+            box = box.moved_to(center) if center is not None else box
+            image = self._crop(index, box, window)
+            prior = extract_crop(previous[None], box, self.size)[0]
+            probability, quality = self.runner.segment(image, prior, *memory.tensors())
+            empty = int((probability > 0.5).sum()) < self.settings.min_object_pixels
+            if empty:
+                probability = torch.zeros_like(probability)
+            empty_run = empty_run + 1 if empty else 0
+            result.boxes[index], result.crops[index] = box, probability.half()
+            result.quality[index] = confidence_proxy(probability) if quality is None else quality
+            yield index
+            if empty_run >= self.settings.stop_after_empty:
+                result.ended_at = index
+                return
+            memory.add_predicted(*self.runner.encode_memory(image, probability, None))
+            previous = paste_crop(probability, box, previous.shape)
