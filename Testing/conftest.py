@@ -54,3 +54,17 @@ def slicerio_sample():
     image.array.setflags(write=False)
     annotation.labels.setflags(write=False)
     return image, annotation
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    """A compact model file with untrained weights: for geometry and bookkeeping, not accuracy."""
+    import torch
+    from mem3d.checkpoints import save_model
+    from mem3d.network import STM, compact_config
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "random-compact.safetensors"
+    save_model(STM(compact_config()), path, {"name": "random test model"})
+    return path
