@@ -339,6 +339,11 @@ class STM(nn.Module):
             self.fc2 = nn.Linear(1000, 1)
         elif c.quality == "compact":
             self.Quality = CompactQuality(r4)
+        if c.prior_mask:
+            # The decoder's logits are added to the prior's, scaled by this learned gain, so an
+            # untrained network starts by copying the previous slice's mask and learns to correct
+            # it, which trains far faster than predicting every mask from nothing.
+            self.prior_gain = nn.Parameter(torch.tensor(2.0))
 
     def encode_memory(self, image, mask, second_mask):
         """Encode slices (B, C, H, W) with their masks (B, 1, H, W) into memory key and value.
@@ -373,11 +378,19 @@ class STM(nn.Module):
         read = torch.bmm(affinity, mv).transpose(1, 2).reshape(b, -1, h, w)
         return torch.cat([read, query_value], dim=1)
 
-    def decode(self, query: QueryFeatures, memory_key, memory_value):
-        """Return foreground probability (B, 1, H, W) and quality (B,) or None."""
+    def decode(self, query: QueryFeatures, memory_key, memory_value, prior=None):
+        """Return foreground probability (B, 1, H, W), quality (B,) or None, and logits.
+
+        `prior` (B, 1, H, W), the previous slice's mask, is required by layouts with a prior input.
+        """
         read = self.read_memory(memory_key, memory_value, query.key, query.value)
         logits = self.Decoder(read, query.r3, query.r2)
         logits = F.interpolate(logits.float(), size=query.size, mode="bilinear", align_corners=False)
+        if self.config.prior_mask:
+            if prior is None:
+                raise ValueError("this network needs the previous slice's mask as prior")
+            shift = self.prior_gain.float() * (2 * prior.float() - 1)
+            logits = logits + torch.cat([-shift, shift], dim=1)
         probability = torch.softmax(logits, dim=1)[:, 1:2]
         return probability, self.quality(query, probability), logits
 

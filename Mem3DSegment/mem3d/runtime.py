@@ -98,6 +98,6 @@ class ModelRunner:
         prior = prior.to(self.device).view(1, 1, *prior.shape).float()
         with torch.inference_mode(), self.autocast():
             query = self.network.encode_query(self._image(image), prior)
-            probability, quality, _ = self.network.decode(query, memory_key, memory_value)
+            probability, quality, _ = self.network.decode(query, memory_key, memory_value, prior)
         quality_value = None if quality is None else float(quality[0])
         return probability[0, 0].float().cpu(), quality_value

@@ -90,7 +90,11 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> dict:
-        """Dice and empty-slice accuracy of slices 1..T-1 on fixed validation clips."""
+        """3D Dice per clip over slices 1..T-1, and the quality head's mean absolute error.
+
+        A per-slice mean would be dominated by the empty slices past an object's end, where
+        predicting nothing at all already scores 1.
+        """
         self.network.eval()
         images, masks = self.validation
         dices, quality_errors = [], []
@@ -101,7 +105,7 @@ class Trainer:
                 logits, quality = forward_clips(self.network, batch_images, batch_masks)
             predicted = (torch.softmax(logits.float(), dim=2)[:, :, 1] > 0.5).float()
             target = batch_masks[:, 1:]
-            dices.append(_dice(predicted, target).cpu())
+            dices.append(_dice(predicted.flatten(1, 2), target.flatten(1, 2)).cpu())
             if quality is not None:
                 iou = iou_per_slice(predicted, target)
                 quality_errors.append((quality.float() - iou).abs().cpu())

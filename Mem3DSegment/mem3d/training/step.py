@@ -23,7 +23,7 @@ def forward_clips(network: STM, images: torch.Tensor, masks: torch.Tensor):
     for t in range(1, images.shape[1]):
         query = network.encode_query(images[:, t : t + 1], prior)
         probability, quality, logits = network.decode(
-            query, torch.stack(keys, dim=2), torch.stack(values, dim=2)
+            query, torch.stack(keys, dim=2), torch.stack(values, dim=2), prior
         )
         logits_per_slice.append(logits)
         quality_per_slice.append(quality)
@@ -40,11 +40,18 @@ def _stack_or_none(items):
 
 
 def soft_dice_loss(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - Dice per slice, smoothed by 1 so an empty target with an empty prediction scores 0."""
+    """1 - soft Dice, averaged over slices whose target is not empty.
+
+    Empty target slices are left to the cross-entropy term: a smoothed Dice on them costs about
+    0.5 for a single predicted pixel, which drives the network to predict nothing anywhere.
+    """
     dims = (-2, -1)
     overlap = (probability * target).sum(dims)
     total = probability.sum(dims) + target.sum(dims)
-    return (1 - (2 * overlap + 1) / (total + 1)).mean()
+    present = target.sum(dims) > 0
+    if not bool(present.any()):
+        return probability.sum() * 0.0
+    return (1 - (2 * overlap[present] + 1) / (total[present] + 1)).mean()
 
 
 def iou_per_slice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
