@@ -25,6 +25,15 @@ def register(subparsers) -> None:
     download.add_argument("--quiet", action="store_true", help="hide the progress bar")
     download.set_defaults(func=run_download)
 
+    speed = actions.add_parser("speed", help="measure slices per second of a model on this machine")
+    speed.add_argument("model", metavar="FILE_OR_NAME", nargs="?", default=registry.DEFAULT_MODEL,
+                       help="registry model name or file path (default: the embedded model)")
+    speed.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    speed.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's choice, one per core)")
+    speed.add_argument("--float32", action="store_true", help="disable bfloat16/float16 autocast")
+    speed.set_defaults(func=run_speed)
+
 
 def _print_help(parser) -> int:
     parser.print_help()
@@ -76,3 +85,25 @@ def _format_size(size: int | None) -> str:
     if size is None:
         return "unknown size"
     return f"{size / 2**20:.1f} MiB"
+
+
+def run_speed(args) -> int:
+    import torch
+
+    from .api import load_runner
+    from .runtime import ModelRunner, hardware_description
+    from .speed import measure
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runner = load_runner(args.model, args.device)
+    if args.float32:
+        runner = ModelRunner.create(runner.network, runner.device, precision="float32")
+    report = measure(runner)
+    print(f"model: {args.model}; device {report.device}, {report.precision}; "
+          f"{hardware_description()}")
+    print(f"network at {report.input_size}x{report.input_size} with {report.memory_slices} "
+          f"memory slices: {report.network_slices_per_second:.1f} slices/s")
+    print(f"whole propagation loop (crop, resize, paste included) on a 200x256x256 volume: "
+          f"{report.loop_slices_per_second:.1f} slices/s")
+    return 0

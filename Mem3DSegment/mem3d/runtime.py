@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -101,3 +102,16 @@ class ModelRunner:
             probability, quality, _ = self.network.decode(query, memory_key, memory_value, prior)
         quality_value = None if quality is None else float(quality[0])
         return probability[0, 0].float().cpu(), quality_value
+
+
+def hardware_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {threads} torch threads, {gpu}, torch {torch.__version__}"

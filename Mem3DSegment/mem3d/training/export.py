@@ -9,7 +9,8 @@ import torch
 
 from .. import __version__
 from ..checkpoints import save_model
-from .loop import Trainer, hardware_description
+from ..runtime import hardware_description
+from .loop import Trainer
 
 
 def export_run(trainer: Trainer, args, cases, validation, path: Path) -> None:

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,19 +199,6 @@ def _settings_record(settings: TrainSettings) -> dict:
     record = asdict(settings)
     record["output"] = str(settings.output)
     return record
-
-
-def hardware_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {threads} torch threads, {gpu}, torch {torch.__version__}"
 
 
 def describe_network(network: STM) -> dict:
