@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .checkpoints import load_model
 from .errors import Mem3DError
 
 logger = logging.getLogger(__name__)
@@ -223,6 +222,8 @@ def _fetch(fetch: Callable, url: str, output: Path, target: Path) -> None:
 
 def _validate_download(output: Path, url: str, target: Path) -> None:
     try:
+        from .checkpoints import load_model  # imports torch; listing models must not
+
         loaded = load_model(output)
     except Mem3DError as error:
         raise Mem3DError(
