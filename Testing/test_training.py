@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from mem3d.training.cases import TrainingCase
 from mem3d.training.clips import ClipSettings, sample_clip
 from mem3d.training.data import ClipBatcher, load_pool

@@ -6,7 +6,8 @@
     result.quality[1]      # quality estimate per slice for label 1
 
 For interactive use, `open_session` returns a `PropagationSession` whose `run()` generator
-yields progress after every slice.
+yields progress after every slice. `method="registration"` propagates by 2D demons registration
+between neighbouring slices instead of the network, and loads no model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Callable
 import numpy as np
 
 from .checkpoints import LoadedModel, get_model
-from .propagation import Progress, PropagationResult, PropagationSession
+from .errors import Mem3DError
+from .propagation import METHODS, Progress, PropagationResult, PropagationSession
+from .registration import RegistrationSettings
 from .registry import DEFAULT_MODEL, resolve_model
 from .runtime import ModelRunner, choose_device
 from .walk import WalkSettings
@@ -40,10 +43,16 @@ def load_runner(model: str | LoadedModel | None = None, device: str = "auto") ->
 def open_session(image: np.ndarray, annotation: np.ndarray,
                  spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), axis="auto",
                  model=None, device: str = "auto", key_slices=None, slice_range=None,
-                 settings: WalkSettings | None = None) -> PropagationSession:
-    """Create a session for a (k, j, i) image and labelmap; spacing is (k, j, i) in mm."""
+                 settings: WalkSettings | None = None, method: str = "network",
+                 registration_settings: RegistrationSettings | None = None) -> PropagationSession:
+    """Create a session for a (k, j, i) image and labelmap; spacing is (k, j, i) in mm.
+
+    With `method="registration"`, `model` and `device` are ignored and no model is loaded.
+    """
+    if method not in METHODS:
+        raise Mem3DError(f"method {method!r} is not one of {', '.join(METHODS)}")
     return PropagationSession(
-        runner=load_runner(model, device),
+        runner=load_runner(model, device) if method == "network" else None,
         image=image,
         annotation=annotation,
         spacing=tuple(float(s) for s in spacing),
@@ -51,16 +60,19 @@ def open_session(image: np.ndarray, annotation: np.ndarray,
         key_slices=key_slices,
         slice_range=slice_range,
         settings=settings or WalkSettings(),
+        method=method,
+        registration_settings=registration_settings or RegistrationSettings(),
     )
 
 
 def propagate(image: np.ndarray, annotation: np.ndarray,
               spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), axis="auto", model=None,
               device: str = "auto", key_slices=None, slice_range=None,
-              progress: Callable[[Progress], None] | None = None) -> PropagationResult:
+              progress: Callable[[Progress], None] | None = None,
+              method: str = "network") -> PropagationResult:
     """Propagate every label of `annotation` through `image` and return the result."""
     session = open_session(image, annotation, spacing, axis, model, device, key_slices,
-                           slice_range)
+                           slice_range, method=method)
     for step in session.run():
         if progress is not None:
             progress(step)

@@ -30,8 +30,12 @@ def register(subparsers) -> None:
                         help="output labelmap (.nrrd, .nii.gz, .mha) or .seg.nrrd")
     parser.add_argument("--axis", default="auto",
                         help="auto, axial, coronal, sagittal, or array axis 0 (k), 1 (j), 2 (i)")
+    parser.add_argument("--method", choices=("network", "registration"), default="network",
+                        help="network: the STM model (default); registration: warp each "
+                             "slice's mask onto the next with 2D demons registration, no model")
     parser.add_argument("--model", default=None,
-                        help="registry model name or checkpoint file (default: mem3d-compact)")
+                        help="registry model name or checkpoint file (default: mem3d-compact); "
+                             "ignored with --method registration")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quality-csv", type=Path,
                         help="write the quality estimate per label and slice to this CSV file")
@@ -82,7 +86,8 @@ def propagate_with_progress(image, annotation, args):
     from .api import open_session
 
     session = open_session(image.array, annotation.labels, image.spacing, axis=args.axis,
-                           model=args.model, device=args.device)
+                           model=args.model, device=args.device,
+                           method=getattr(args, "method", "network"))
     show = not args.no_progress and sys.stderr.isatty()
     with _progress_bar(show) as bar:
         for step in session.run():

@@ -20,8 +20,13 @@ import torch
 
 from .errors import Mem3DError
 from .planning import Walk, annotated_slices, detect_axis, parse_axis, plan_walks
+from .registration import RegistrationSettings, RegistrationWalkRunner
 from .runtime import ModelRunner
 from .walk import WalkResult, WalkRunner, WalkSettings
+
+# "network" segments each slice with the STM model. "registration" warps the previous slice's
+# mask onto the next slice with 2D demons registration and needs no model.
+METHODS = ("network", "registration")
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +62,12 @@ class PropagationResult:
 
 @dataclass
 class PropagationSession:
-    """A volume, its annotation, a model and the cached walks of earlier runs."""
+    """A volume, its annotation, a model and the cached walks of earlier runs.
 
-    runner: ModelRunner
+    `runner` may be None when `method` is "registration".
+    """
+
+    runner: ModelRunner | None
     image: np.ndarray  # (k, j, i)
     annotation: np.ndarray  # (k, j, i) integer labels
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (k, j, i) in mm
@@ -67,10 +75,18 @@ class PropagationSession:
     key_slices: list[int] | None = None  # default: every slice with any label
     slice_range: tuple[int, int] | None = None  # (first, last) slice along the axis, inclusive
     settings: WalkSettings = field(default_factory=WalkSettings)
+    method: str = "network"
+    registration_settings: RegistrationSettings = field(default_factory=RegistrationSettings)
     result: PropagationResult | None = None
     _cache: dict = field(default_factory=dict, repr=False)
+    _cache_axis: int | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise Mem3DError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method == "network" and self.runner is None:
+            raise Mem3DError("the network method needs a model runner; load one with "
+                             "mem3d.load_runner or choose method='registration'")
         self.set_annotation(self.annotation)
 
     def set_annotation(self, annotation: np.ndarray) -> None:
@@ -109,14 +125,17 @@ class PropagationSession:
         image = np.moveaxis(self.image, axis, 0)
         annotation = np.moveaxis(self.annotation, axis, 0)
         pixel_spacing = tuple(self.spacing[a] for a in range(3) if a != axis)
-        walker = WalkRunner(self.runner, image, annotation, pixel_spacing, self.settings)
+        walker = self._walk_runner(image, annotation, pixel_spacing)
         labels = [int(v) for v in np.unique(annotation[keys]) if v != 0]
         walks = [w for label in labels for w in plan_walks(annotation, keys, label, self.slice_range)]
+        if self._cache_axis != axis:  # cached walks ran along another axis
+            self._cache.clear()
+            self._cache_axis = axis
         pending = [w for w in walks if self._walk_key(w, annotation) not in self._cache]
         total = sum(len(w.slices) for w in pending)
-        log.info("propagation started: shape %s, axis %d, %d key slices, %d labels, %d walks "
-                 "(%d reused)", self.image.shape, axis, keys.size, len(labels), len(walks),
-                 len(walks) - len(pending))
+        log.info("propagation started (%s): shape %s, axis %d, %d key slices, %d labels, "
+                 "%d walks (%d reused)", self.method, self.image.shape, axis, keys.size,
+                 len(labels), len(walks), len(walks) - len(pending))
         done, finished = 0, False
         try:
             for walk in pending:
@@ -135,13 +154,19 @@ class PropagationSession:
             state = "finished" if finished else "cancelled or failed"
             log.info("propagation %s after %d slices in %.2f s", state, done, seconds)
 
+    def _walk_runner(self, image: np.ndarray, annotation: np.ndarray, pixel_spacing):
+        if self.method == "registration":
+            return RegistrationWalkRunner(image, annotation, pixel_spacing,
+                                          self.registration_settings)
+        return WalkRunner(self.runner, image, annotation, pixel_spacing, self.settings)
+
     def _walk_key(self, walk: Walk, annotation: np.ndarray) -> tuple:
-        """Identify a walk by its plan and the masks of its key slices."""
+        """Identify a walk by its method, its plan and the masks of its key slices."""
         digest = hashlib.sha1()
         for index in (walk.start, walk.far_key):
             if index is not None:
                 digest.update(np.packbits(annotation[index] == walk.label).tobytes())
-        return walk, digest.hexdigest()
+        return self.method, walk, digest.hexdigest()
 
     def _keep_only(self, walks, annotation) -> None:
         wanted = {self._walk_key(w, annotation) for w in walks}
