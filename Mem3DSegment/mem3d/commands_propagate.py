@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quality-csv", type=Path,
                         help="write the quality estimate per label and slice to this CSV file")
+    parser.add_argument("--montage", type=Path,
+                        help="also save a PNG of several slices with the key slice contours "
+                             "(dashed), the result (solid) and the quality estimate")
     parser.add_argument("--force", action="store_true",
                         help="allow OUTPUT to replace an input file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -47,7 +50,7 @@ def register(subparsers) -> None:
 
 def check_output_paths(args) -> None:
     """Reject an output that would overwrite an input, unless --force; check writability."""
-    outputs = [args.output] + ([args.quality_csv] if args.quality_csv else [])
+    outputs = [args.output] + [p for p in (args.quality_csv, args.montage) if p]
     for output in outputs:
         for source in (args.image, args.annotation):
             if output.exists() and source.exists() and _same_file(output, source):
@@ -78,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
     write_result(result.labels, image, annotation.segments, args.output)
     if args.quality_csv:
         write_quality_csv(result, args.quality_csv)
+    if args.montage:
+        from .montage import save_montage
+
+        key_slices_only = np.where(_key_slice_mask(result, image.array.shape), annotation.labels, 0)
+        save_montage(image.array, key_slices_only, result.labels, annotation.segments,
+                     args.montage, axis=result.axis, quality=result.quality,
+                     title="key slice: dashed, result: solid", include=result.key_slices)
     _print_summary(result, args.output)
     return 0
 
@@ -106,6 +116,15 @@ def _progress_bar(show: bool):
     from tqdm import tqdm
 
     return tqdm(unit="slice", desc="propagating", leave=False)
+
+
+def _key_slice_mask(result, shape) -> np.ndarray:
+    """Boolean array that is True on the result's key slices along its axis."""
+    along = np.zeros(shape[result.axis], bool)
+    along[result.key_slices] = True
+    view = [1, 1, 1]
+    view[result.axis] = -1
+    return np.broadcast_to(along.reshape(view), shape)
 
 
 def write_quality_csv(result, path: Path) -> None:

@@ -7,18 +7,26 @@ from pathlib import Path
 import numpy as np
 
 
-def pick_slices(reference: np.ndarray, result: np.ndarray, count: int, axis: int = 0) -> list[int]:
-    """Evenly spaced slices across the extent that the reference or the result covers."""
+def pick_slices(reference: np.ndarray, result: np.ndarray, count: int, axis: int = 0,
+                include=()) -> list[int]:
+    """Evenly spaced slices across the extent that the reference or the result covers.
+
+    Slices in `include` (such as key slices) replace the nearest evenly spaced ones.
+    """
     other = tuple(a for a in range(3) if a != axis)
     present = np.flatnonzero((reference != 0).any(axis=other) | (result != 0).any(axis=other))
     if present.size == 0:
         return []
-    chosen = np.linspace(present[0], present[-1], num=min(count, present.size))
-    return sorted({int(round(s)) for s in chosen})
+    chosen = [int(round(s)) for s in np.linspace(present[0], present[-1], num=min(count, present.size))]
+    for index in include:
+        nearest = int(np.argmin([abs(c - index) for c in chosen]))
+        chosen[nearest] = int(index)
+    return sorted(set(chosen))
 
 
 def save_montage(image: np.ndarray, reference: np.ndarray, result: np.ndarray, segments,
-                 path: Path, count: int = 8, axis: int = 0, quality=None) -> None:
+                 path: Path, count: int = 8, axis: int = 0, quality=None,
+                 title: str = "reference: dashed, result: solid", include=()) -> None:
     """Save slices along `axis` with every segment's reference and result contours.
 
     `quality`, when given, maps a label to per-slice quality; each panel's title shows the
@@ -29,7 +37,7 @@ def save_montage(image: np.ndarray, reference: np.ndarray, result: np.ndarray, s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    slices = pick_slices(reference, result, count, axis)
+    slices = pick_slices(reference, result, count, axis, include)
     columns = min(4, max(len(slices), 1))
     rows = max(1, int(np.ceil(len(slices) / columns)))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
@@ -45,7 +53,7 @@ def save_montage(image: np.ndarray, reference: np.ndarray, result: np.ndarray, s
         panel.set_title(_panel_title(index, quality), fontsize=9)
     for panel in axes.flat:
         panel.axis("off")
-    figure.suptitle("reference: dashed, result: solid", fontsize=10)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -34,6 +34,10 @@ class WalkSettings:
     stop_after_empty: int = 2  # consecutive empty slices after which the object has ended
     min_object_pixels: int = 4  # a prediction smaller than this, in input pixels, is empty
     crop_margin: float = CROP_MARGIN
+    # "previous": the prior input is the previous slice's mask as it is. "registration": the
+    # previous mask warped onto the current slice by 2D demons registration of the previous
+    # slice onto it, which costs a registration per slice.
+    prior: str = "previous"
 
 
 @dataclass
@@ -93,6 +97,12 @@ class WalkRunner:
         others = self._mask_crop((slice_labels != label) & (slice_labels != 0), box)
         memory.add_key_slice(*self.runner.encode_memory(self._crop(index, box, window), mask, others))
 
+    @staticmethod
+    def _warp_prior(image: torch.Tensor, previous_image: torch.Tensor, prior: torch.Tensor):
+        from .registration import RegistrationSettings, register_and_warp
+
+        return register_and_warp(image, previous_image, prior, RegistrationSettings())[1]
+
     def run(self, walk: Walk, result: WalkResult):
         """Fill `result` slice by slice, yielding each slice index after it is done."""
         key_mask = self.annotation[walk.start] == walk.label
@@ -104,12 +114,16 @@ class WalkRunner:
             far_center = mask_center(self.annotation[walk.far_key] == walk.label)
             self._encode_key(memory, walk.far_key, walk.label, box.moved_to(far_center), window)
         previous = torch.from_numpy(key_mask.astype(np.float32))
+        previous_index = walk.start
         empty_run = 0
         for index in walk.slices:
             center = mask_center(previous.numpy() > 0.5)
             box = box.moved_to(center) if center is not None else box
             image = self._crop(index, box, window)
             prior = extract_crop(previous[None], box, self.size)[0]
+            if self.settings.prior == "registration" and center is not None:
+                prior = self._warp_prior(image, self._crop(previous_index, box, window), prior)
+            previous_index = index
             probability, quality = self.runner.segment(image, prior, *memory.tensors())
             empty = int((probability > 0.5).sum()) < self.settings.min_object_pixels
             if empty:
