@@ -154,3 +154,22 @@ def test_walks_stop_at_key_slices_without_the_label():
     both[12, 2:5, 2:5] = 1
     walks = plan_walks(both, np.array([5, 12]), 1)
     assert (5, 1, 12, 12) in {(w.start, w.direction, w.stop, w.far_key) for w in walks}
+
+
+def test_quick_demons_follows_a_shift():
+    import torch
+
+    from mem3d.warp import warp_prior
+
+    rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disc = lambda r, c: (((rows - r) ** 2 + (cols - c) ** 2) < 144).float()  # noqa: E731
+    previous_mask = disc(30, 30)
+    current_mask = disc(30, 34)
+    previous_image = 0.2 + 0.6 * torch.nn.functional.avg_pool2d(previous_mask[None, None], 5, 1, 2)
+    current_image = 0.2 + 0.6 * torch.nn.functional.avg_pool2d(current_mask[None, None], 5, 1, 2)
+    warped = warp_prior(current_image, previous_image, previous_mask[None, None])[0, 0] > 0.5
+
+    def dice(a, b):
+        return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+    assert dice(warped, current_mask > 0.5) > dice(previous_mask > 0.5, current_mask > 0.5) + 0.05

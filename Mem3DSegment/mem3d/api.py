@@ -31,13 +31,19 @@ def load_runner(model: str | LoadedModel | None = None, device: str = "auto") ->
     """Return a ModelRunner for a registry name, a file path or a loaded model; kept loaded."""
     torch_device = choose_device(device)
     if isinstance(model, LoadedModel):
-        return ModelRunner.create(model.network, torch_device)
+        return ModelRunner.create(model.network, torch_device, prior_mode=_prior_mode(model))
     path = resolve_model(model or DEFAULT_MODEL)
     key = (str(path), str(torch_device))
     if key not in _runners:
         loaded = get_model(path, torch_device)
-        _runners[key] = ModelRunner.create(loaded.network, torch_device)
+        _runners[key] = ModelRunner.create(loaded.network, torch_device,
+                                           prior_mode=_prior_mode(loaded))
     return _runners[key]
+
+
+def _prior_mode(model: LoadedModel) -> str:
+    """The prior the model was trained with; files without that entry used the unwarped mask."""
+    return model.metadata.get("prior", "previous")
 
 
 def open_session(image: np.ndarray, annotation: np.ndarray,
@@ -55,7 +61,7 @@ def open_session(image: np.ndarray, annotation: np.ndarray,
         runner=load_runner(model, device) if method == "network" else None,
         image=image,
         annotation=annotation,
-        spacing=tuple(float(s) for s in spacing),
+        spacing=spacing,
         axis=axis,
         key_slices=key_slices,
         slice_range=slice_range,

@@ -98,7 +98,8 @@ def run_speed(args) -> int:
         torch.set_num_threads(args.threads)
     runner = load_runner(args.model, args.device)
     if args.float32:
-        runner = ModelRunner.create(runner.network, runner.device, precision="float32")
+        runner = ModelRunner.create(runner.network, runner.device, precision="float32",
+                                    prior_mode=runner.prior_mode)
     report = measure(runner)
     print(f"model: {args.model}; device {report.device}, {report.precision}; "
           f"{hardware_description()}")

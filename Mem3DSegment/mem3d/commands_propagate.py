@@ -7,6 +7,7 @@ import csv
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,19 +50,41 @@ def register(subparsers) -> None:
 
 
 def check_output_paths(args) -> None:
-    """Reject an output that would overwrite an input, unless --force; check writability."""
+    """Reject an output that would overwrite an input (unless --force) or another output.
+
+    Each output folder must exist and accept a new file, checked before the propagation starts.
+    """
     outputs = [args.output] + [p for p in (args.quality_csv, args.montage) if p]
+    for index, output in enumerate(outputs):
+        if any(_same_path(output, earlier) for earlier in outputs[:index]):
+            raise Mem3DError(f"{output} is given for two outputs (-o, --quality-csv, --montage); "
+                             "choose a different file name for each")
     for output in outputs:
         for source in (args.image, args.annotation):
-            if output.exists() and source.exists() and _same_file(output, source):
-                if not args.force:
-                    raise Mem3DError(f"output {output} is an input file; choose another path "
-                                     "or add --force to replace it")
+            if _same_path(output, source) and not args.force:
+                raise Mem3DError(f"output {output} is an input file; choose another path "
+                                 "or add --force to replace it")
         folder = output.parent if str(output.parent) else Path(".")
         if not folder.is_dir():
             raise Mem3DError(f"output folder {folder} does not exist; create it first")
-        if not os.access(folder, os.W_OK):
-            raise Mem3DError(f"output folder {folder} is not writable; choose another -o path")
+        _check_writable(folder)
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and delete a file in `folder`: permission bits alone miss read-only file systems."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise Mem3DError(f"output folder {folder} is not writable ({error.strerror or error}); "
+                         "choose another -o path") from error
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Return whether two paths name the same file, or would once the first is written."""
+    if a.exists() and b.exists():
+        return _same_file(a, b)
+    return a.resolve() == b.resolve()
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -78,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     annotation = read_annotation(args.annotation, reference=image)
     result = propagate_with_progress(image, annotation, args)
-    write_result(result.labels, image, annotation.segments, args.output)
+    grid, segments = grid_without_voxels(image), annotation.segments
+    if not args.montage:
+        # The writer copies the labelmap, so dropping the input voxels first lowers the peak memory.
+        image = annotation = None
+    write_result(result.labels, grid, segments, args.output)
     if args.quality_csv:
         write_quality_csv(result, args.quality_csv)
     if args.montage:
@@ -90,6 +117,14 @@ def run(args: argparse.Namespace) -> int:
                      title="key slice: dashed, result: solid", include=result.key_slices)
     _print_summary(result, args.output)
     return 0
+
+
+def grid_without_voxels(volume):
+    """Return a Volume with the grid of `volume` whose array is a broadcast zero of its shape."""
+    from .io import Volume
+
+    placeholder = np.broadcast_to(np.zeros((), volume.array.dtype), volume.array.shape)
+    return Volume(placeholder, volume.spacing, volume.origin, volume.direction)
 
 
 def propagate_with_progress(image, annotation, args):
@@ -131,14 +166,19 @@ def write_quality_csv(result, path: Path) -> None:
     """One row per label and slice: label, slice, key slice flag, quality (empty if not run)."""
     temporary = path.with_name(f".{path.name}.partial")
     keys = set(result.key_slices)
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "slice", "axis", "key_slice", "quality"])
-        for label, values in sorted(result.quality.items()):
-            for index, value in enumerate(values):
-                text = "" if np.isnan(value) else f"{value:.4f}"
-                writer.writerow([label, index, result.axis, int(index in keys), text])
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["label", "slice", "axis", "key_slice", "quality"])
+            for label, values in sorted(result.quality.items()):
+                for index, value in enumerate(values):
+                    text = "" if np.isnan(value) else f"{value:.4f}"
+                    writer.writerow([label, index, result.axis, int(index in keys), text])
+        os.replace(temporary, path)
+    except OSError as error:
+        raise Mem3DError(f"failed to write {path}: {error}") from error
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _print_summary(result, output: Path) -> None:

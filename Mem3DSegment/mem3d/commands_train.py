@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 on the CPU")
+    parser.add_argument("--unwarped-prior", action="store_true",
+                        help="give the network the previous mask as it is, not warped by demons")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     parser.add_argument("--export", type=Path,
                         help="write the best weights to this .safetensors file when done")

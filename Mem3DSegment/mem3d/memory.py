@@ -33,11 +33,15 @@ class MemoryBank:
     def __len__(self) -> int:
         return len(self.permanent) + len(self.recent)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return keys (1, Ck, T, h, w) and values (1, Cv, T, h, w) of every stored slice."""
+    def tensors(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return keys (1, Ck, T, h, w) and values (1, Cv, T, h, w) of every stored slice.
+
+        With `device`, every entry is moved there first: after a runner falls back from the GPU
+        to the CPU, the bank holds entries on both.
+        """
         entries = self.permanent + list(self.recent)
         if not entries:
             raise RuntimeError("the memory bank is empty; add a key slice first")
-        keys = torch.stack([k for k, _ in entries], dim=2)
-        values = torch.stack([v for _, v in entries], dim=2)
+        keys = torch.stack([k.to(device) if device else k for k, _ in entries], dim=2)
+        values = torch.stack([v.to(device) if device else v for _, v in entries], dim=2)
         return keys, values

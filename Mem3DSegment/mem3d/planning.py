@@ -51,6 +51,19 @@ def detect_axis(annotation: np.ndarray) -> int:
     return tied[0]
 
 
+def checked_slice_range(slice_range, count: int) -> tuple[int, int] | None:
+    """Return (first, last) as ints after checking 0 <= first <= last < count."""
+    if slice_range is None:
+        return None
+    first, last = (int(value) for value in slice_range)
+    if not 0 <= first <= last < count:
+        raise Mem3DError(
+            f"slice range ({first}, {last}) is not within 0..{count - 1} along the propagation axis "
+            "with first <= last; choose slices inside the volume"
+        )
+    return first, last
+
+
 @dataclass(frozen=True)
 class Walk:
     """Propagate one object from key slice `start` in `direction` up to `stop` (exclusive).

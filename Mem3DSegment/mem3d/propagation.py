@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from .errors import Mem3DError
-from .planning import Walk, annotated_slices, detect_axis, parse_axis, plan_walks
+from .planning import (
+    Walk,
+    annotated_slices,
+    checked_slice_range,
+    detect_axis,
+    parse_axis,
+    plan_walks,
+)
 from .registration import RegistrationSettings, RegistrationWalkRunner
 from .runtime import ModelRunner
 from .walk import WalkResult, WalkRunner, WalkSettings
@@ -87,17 +94,21 @@ class PropagationSession:
         if self.method == "network" and self.runner is None:
             raise Mem3DError("the network method needs a model runner; load one with "
                              "mem3d.load_runner or choose method='registration'")
+        self.image = checked_image(self.image)
+        self.spacing = checked_spacing(self.spacing)
         self.set_annotation(self.annotation)
 
     def set_annotation(self, annotation: np.ndarray) -> None:
         """Replace the annotation, for example after a correction; cached walks stay valid."""
+        annotation = np.asarray(annotation)
         if annotation.shape != self.image.shape:
             raise Mem3DError(
                 f"annotation shape {annotation.shape} differs from image shape {self.image.shape}; "
                 "resample the annotation onto the image grid"
             )
         if not np.issubdtype(annotation.dtype, np.integer):
-            raise Mem3DError(f"annotation must hold integer labels, not {annotation.dtype}")
+            raise Mem3DError(f"annotation must hold integer labels, not {annotation.dtype}; "
+                             "convert a mask with mask.astype(np.uint8)")
         self.annotation = annotation
         self.result = None
 
@@ -122,12 +133,19 @@ class PropagationSession:
         started = time.monotonic()
         axis = self.resolved_axis()
         keys = self.resolved_key_slices(axis)
+        slice_range = checked_slice_range(self.slice_range, self.image.shape[axis])
         image = np.moveaxis(self.image, axis, 0)
         annotation = np.moveaxis(self.annotation, axis, 0)
         pixel_spacing = tuple(self.spacing[a] for a in range(3) if a != axis)
         walker = self._walk_runner(image, annotation, pixel_spacing)
         labels = [int(v) for v in np.unique(annotation[keys]) if v != 0]
-        walks = [w for label in labels for w in plan_walks(annotation, keys, label, self.slice_range)]
+        if not labels:
+            raise Mem3DError(f"key slices {keys.tolist()} along axis {axis} hold no label; paint "
+                             "the structure on them or choose other key slices")
+        walks = [w for label in labels for w in plan_walks(annotation, keys, label, slice_range)]
+        if not walks:
+            log.warning("nothing to propagate: every slice along axis %d within the slice range is "
+                        "a key slice, so the result is the annotation unchanged", axis)
         if self._cache_axis != axis:  # cached walks ran along another axis
             self._cache.clear()
             self._cache_axis = axis
@@ -146,8 +164,8 @@ class PropagationSession:
                 self._cache[self._walk_key(walk, annotation)] = walk_result
             self._keep_only(walks, annotation)
             results = [self._cache[self._walk_key(w, annotation)] for w in walks]
-            self.result = assemble(self.annotation, axis, keys, labels, results, done,
-                                   time.monotonic() - started)
+            self.result = assemble(self.annotation, axis, keys, labels, results, done, 0.0)
+            self.result.seconds = time.monotonic() - started  # assembling included
             finished = True
         finally:
             seconds = time.monotonic() - started
@@ -173,6 +191,31 @@ class PropagationSession:
         for key in list(self._cache):
             if key not in wanted:
                 del self._cache[key]
+
+
+def checked_image(image) -> np.ndarray:
+    """Return `image` as an array after checking that it is a 3D volume of real intensities."""
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise Mem3DError(
+            f"image has {image.ndim} dimensions (shape {image.shape}); give a 3D (k, j, i) scalar "
+            "volume, for example one time point or one component of a 4D array"
+        )
+    if image.dtype.kind not in "biuf":
+        raise Mem3DError(f"image voxels are {image.dtype}; give integer or floating-point intensities")
+    return image
+
+
+def checked_spacing(spacing) -> tuple[float, float, float]:
+    """Return spacing as three floats after checking that each is finite and positive."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise Mem3DError(f"spacing {spacing!r} is not three positive (k, j, i) values in mm; "
+                         "give the voxel size, for example (2.5, 0.8, 0.8)")
+    return values
 
 
 def _blend_weight(walk: Walk, index: int) -> float:

@@ -49,9 +49,11 @@ class ModelRunner:
     network: STM
     device: torch.device
     autocast_dtype: torch.dtype | None = None
+    prior_mode: str = "previous"  # the prior the model was trained with; see WalkSettings.prior
 
     @classmethod
-    def create(cls, network: STM, device: str | torch.device = "auto", precision: str = "auto"):
+    def create(cls, network: STM, device: str | torch.device = "auto", precision: str = "auto",
+               prior_mode: str = "previous"):
         device = device if isinstance(device, torch.device) else choose_device(device)
         network = network.to(device).eval()
         dtype = None
@@ -64,7 +66,7 @@ class ModelRunner:
             raise Mem3DError(f"precision {precision!r} is not one of auto, float32")
         if device.type == "cpu":
             network = network.to(memory_format=torch.channels_last)
-        return cls(network, device, dtype)
+        return cls(network, device, dtype, prior_mode)
 
     @property
     def input_size(self) -> int:
@@ -86,6 +88,13 @@ class ModelRunner:
 
     def encode_memory(self, image: torch.Tensor, mask: torch.Tensor, other: torch.Tensor | None):
         """Encode one crop with its mask; `other` is the other objects' mask ("o" layouts)."""
+        return self._with_cpu_fallback(self._encode_memory, image, mask, other)
+
+    def segment(self, image: torch.Tensor, prior: torch.Tensor, memory_key, memory_value):
+        """Return (probability (H, W) float32 on the CPU, quality float or None)."""
+        return self._with_cpu_fallback(self._segment, image, prior, memory_key, memory_value)
+
+    def _encode_memory(self, image, mask, other):
         mask = mask.to(self.device).view(1, 1, *mask.shape).float()
         if self.network.config.second_mask == "bg":
             second = 1 - mask
@@ -94,14 +103,41 @@ class ModelRunner:
         with torch.inference_mode(), self.autocast():
             return self.network.encode_memory(self._image(image), mask, second)
 
-    def segment(self, image: torch.Tensor, prior: torch.Tensor, memory_key, memory_value):
-        """Return (probability (H, W) float32 on the CPU, quality float or None)."""
+    def _segment(self, image, prior, memory_key, memory_value):
         prior = prior.to(self.device).view(1, 1, *prior.shape).float()
+        # Memory encoded before a fallback to the CPU is still on the GPU.
+        memory_key, memory_value = memory_key.to(self.device), memory_value.to(self.device)
         with torch.inference_mode(), self.autocast():
             query = self.network.encode_query(self._image(image), prior)
             probability, quality, _ = self.network.decode(query, memory_key, memory_value, prior)
         quality_value = None if quality is None else float(quality[0])
         return probability[0, 0].float().cpu(), quality_value
+
+    def _with_cpu_fallback(self, compute, *args):
+        """Call `compute`; when a GPU runs out of memory, move the network to the CPU and retry.
+
+        The runner stays on the CPU afterwards, until the model is loaded again.
+        """
+        try:
+            return compute(*args)
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            out_of_memory = (isinstance(error, torch.cuda.OutOfMemoryError)
+                             or "out of memory" in str(error).lower())
+            if self.device.type == "cpu" or not out_of_memory:
+                raise
+            log.warning("the %s device ran out of memory (%s); continuing on the CPU, which is "
+                        "slower", self.device, (str(error).splitlines() or ["no details"])[0])
+        self._move_to_cpu()
+        return compute(*args)
+
+    def _move_to_cpu(self) -> None:
+        self.network = self.network.to("cpu", memory_format=torch.channels_last)
+        self.device = torch.device("cpu")
+        # bfloat16 only where the CPU supports it; a float32 runner stays float32.
+        use_bf16 = self.autocast_dtype is not None and cpu_supports_bf16()
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def hardware_description() -> str:

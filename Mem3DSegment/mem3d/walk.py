@@ -26,6 +26,7 @@ from .preprocessing import (
     paste_crop,
 )
 from .runtime import ModelRunner
+from .warp import warp_prior
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class WalkSettings:
     min_object_pixels: int = 4  # a prediction smaller than this, in input pixels, is empty
     crop_margin: float = CROP_MARGIN
     # "previous": the prior input is the previous slice's mask as it is. "registration": the
-    # previous mask warped onto the current slice by 2D demons registration of the previous
-    # slice onto it, which costs a registration per slice.
-    prior: str = "previous"
+    # previous mask warped onto the current slice by quick demons (mem3d.warp). "auto": what the
+    # model was trained with, from its metadata.
+    prior: str = "auto"
 
 
 @dataclass
@@ -97,11 +98,11 @@ class WalkRunner:
         others = self._mask_crop((slice_labels != label) & (slice_labels != 0), box)
         memory.add_key_slice(*self.runner.encode_memory(self._crop(index, box, window), mask, others))
 
-    @staticmethod
-    def _warp_prior(image: torch.Tensor, previous_image: torch.Tensor, prior: torch.Tensor):
-        from .registration import RegistrationSettings, register_and_warp
-
-        return register_and_warp(image, previous_image, prior, RegistrationSettings())[1]
+    def _warped_prior(self) -> bool:
+        prior = self.runner.prior_mode if self.settings.prior == "auto" else self.settings.prior
+        if prior not in ("previous", "registration"):
+            raise ValueError(f"prior must be 'auto', 'previous' or 'registration', not {prior!r}")
+        return prior == "registration"
 
     def run(self, walk: Walk, result: WalkResult):
         """Fill `result` slice by slice, yielding each slice index after it is done."""
@@ -115,16 +116,18 @@ class WalkRunner:
             self._encode_key(memory, walk.far_key, walk.label, box.moved_to(far_center), window)
         previous = torch.from_numpy(key_mask.astype(np.float32))
         previous_index = walk.start
+        warped = self._warped_prior()
         empty_run = 0
         for index in walk.slices:
             center = mask_center(previous.numpy() > 0.5)
             box = box.moved_to(center) if center is not None else box
             image = self._crop(index, box, window)
             prior = extract_crop(previous[None], box, self.size)[0]
-            if self.settings.prior == "registration" and center is not None:
-                prior = self._warp_prior(image, self._crop(previous_index, box, window), prior)
+            if warped and center is not None:
+                previous_image = self._crop(previous_index, box, window)
+                prior = warp_prior(image[None, None], previous_image[None, None], prior[None, None])[0, 0]
             previous_index = index
-            probability, quality = self.runner.segment(image, prior, *memory.tensors())
+            probability, quality = self.runner.segment(image, prior, *memory.tensors(self.runner.device))
             empty = int((probability > 0.5).sum()) < self.settings.min_object_pixels
             if empty:
                 probability = torch.zeros_like(probability)

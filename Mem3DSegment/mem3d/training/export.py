@@ -26,6 +26,7 @@ def export_run(trainer: Trainer, args, cases, validation, path: Path) -> None:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "normalisation": "crop-window",
         "input_size": network.config.input_size,
+        "prior": "registration" if trainer.settings.warped_prior else "previous",
         "training": {
             "cases": [_case_text(c) for c in cases],
             "validation_cases": [_case_text(c) for c in validation or []],

@@ -33,6 +33,7 @@ class TrainSettings:
     log_every: int = 50
     validate_every: int = 500
     validation_clips: int = 48
+    warped_prior: bool = True  # prior = previous mask warped by quick demons (mem3d.warp)
     bf16: bool = True  # bfloat16 autocast: about 1.5-2x faster on CPUs with AVX-512 BF16 or AMX
     clip: ClipSettings = field(default_factory=ClipSettings)
     network: NetworkConfig = field(default_factory=compact_config)
@@ -77,7 +78,7 @@ class Trainer:
         self.network.train()
         images, masks = images.to(self.device), masks.to(self.device)
         with self._autocast():
-            logits, quality = forward_clips(self.network, images, masks)
+            logits, quality = forward_clips(self.network, images, masks, self.settings.warped_prior)
         loss, terms = clip_loss(logits.float(), None if quality is None else quality.float(),
                                 masks[:, 1:])
         self.optimizer.zero_grad(set_to_none=True)
@@ -101,7 +102,8 @@ class Trainer:
             batch_images = images[start : start + 8].to(self.device)
             batch_masks = masks[start : start + 8].to(self.device)
             with self._autocast():
-                logits, quality = forward_clips(self.network, batch_images, batch_masks)
+                logits, quality = forward_clips(self.network, batch_images, batch_masks,
+                                                self.settings.warped_prior)
             predicted = (torch.softmax(logits.float(), dim=2)[:, :, 1] > 0.5).float()
             target = batch_masks[:, 1:]
             dices.append(_dice(predicted.flatten(1, 2), target.flatten(1, 2)).cpu())

@@ -32,6 +32,7 @@ def build_trainer(args, cases, validation_cases) -> Trainer:
         batch_clips=args.batch,
         seed=args.seed,
         bf16=not args.no_bf16,
+        warped_prior=not args.unwarped_prior,
         clip=ClipSettings(frames=args.frames),
     )
     pool = load_pool(cases, seed=args.seed)

@@ -11,16 +11,23 @@ import torch
 import torch.nn.functional as F
 
 from ..network import STM
+from ..warp import warp_prior
 
 
-def forward_clips(network: STM, images: torch.Tensor, masks: torch.Tensor):
-    """Segment slices 1..T-1 of clips (B, T, H, W); return logits and quality per slice."""
+def forward_clips(network: STM, images: torch.Tensor, masks: torch.Tensor,
+                  warped_prior: bool = False):
+    """Segment slices 1..T-1 of clips (B, T, H, W); return logits and quality per slice.
+
+    With `warped_prior`, the prior is the previous mask warped onto the slice by quick demons.
+    """
     key_mask = masks[:, 0:1]
     key, value = network.encode_memory(images[:, 0:1], key_mask, 1 - key_mask)
     keys, values = [key], [value]
     prior = key_mask
     logits_per_slice, quality_per_slice = [], []
     for t in range(1, images.shape[1]):
+        if warped_prior:
+            prior = warp_prior(images[:, t : t + 1], images[:, t - 1 : t], prior)
         query = network.encode_query(images[:, t : t + 1], prior)
         probability, quality, logits = network.decode(
             query, torch.stack(keys, dim=2), torch.stack(values, dim=2), prior
