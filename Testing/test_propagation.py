@@ -158,7 +158,6 @@ def test_walks_stop_at_key_slices_without_the_label():
 
 def test_quick_demons_follows_a_shift():
     import torch
-
     from mem3d.warp import warp_prior
 
     rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")

@@ -424,7 +424,7 @@ def test_slice_range_limits_propagation(mrml, logic, model_path, ct_crop):
     assert set(computed) <= {3, 5}
     assert not result.labels[:3].any()
     assert not result.labels[6:].any()
-    with pytest.raises(ValueError, match="slice range"):
+    with pytest.raises(Mem3DError, match="slice range"):
         logic.preview(volume, segmentation, model=model_path, device="cpu", sliceRange=(5, 9))
 
 

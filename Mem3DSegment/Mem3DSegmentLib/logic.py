@@ -26,7 +26,7 @@ import numpy as np
 import slicer
 import vtk
 from mem3d.errors import Mem3DError
-from mem3d.planning import detect_axis
+from mem3d.planning import checked_slice_range, detect_axis
 
 from . import geometry
 
@@ -315,7 +315,7 @@ class Mem3DSegmentLogic:
 
         ijkToWorld = grid.rasToWorld @ grid.ijkToRAS
         axisIndex = self.resolveAxis(axis, grid.annotation, ijkToWorld, viewNormalRAS)
-        checkedRange = checkedSliceRange(sliceRange, grid.annotation.shape[axisIndex])
+        checkedRange = checked_slice_range(sliceRange, grid.annotation.shape[axisIndex])
         key = _SessionKey(
             source=grid.source,
             shape=grid.image.shape,
@@ -514,19 +514,6 @@ def temporaryNodes(scene):
         for node in added:
             if node.GetID() not in before and node.GetScene() is scene:
                 scene.RemoveNode(node)
-
-
-def checkedSliceRange(sliceRange, count: int) -> tuple[int, int] | None:
-    """Return (first, last) as ints after checking 0 <= first <= last < count."""
-    if sliceRange is None:
-        return None
-    first, last = (int(value) for value in sliceRange)
-    if not 0 <= first <= last < count:
-        raise ValueError(
-            f"slice range ({first}, {last}) is not within 0..{count - 1} along the propagation axis "
-            "with first <= last"
-        )
-    return first, last
 
 
 def _modeValue(mode, names: dict, what: str) -> int:

@@ -1,8 +1,8 @@
 """`mem3d` command line: propagate, models, demo, benchmark, train.
 
 Each subcommand lives in its own `commands_*.py` module with a `register(subparsers)` function
-that adds its parser and sets `func`. User errors (`Mem3DError`) end as one line on stderr and
-exit code 2; `--debug` shows the traceback instead.
+that adds its parser and sets `func`. User errors (`Mem3DError`) and a MemoryError end as one
+line on stderr and exit code 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"mem3d: error: {error}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("mem3d: error: out of memory; no output was written. Free memory, or crop the image "
+              "to the region around the structure", file=sys.stderr)
         return 2
 
 

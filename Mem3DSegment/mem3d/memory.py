@@ -36,8 +36,8 @@ class MemoryBank:
     def tensors(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return keys (1, Ck, T, h, w) and values (1, Cv, T, h, w) of every stored slice.
 
-        With `device`, every entry is moved there first: after a runner falls back from the GPU
-        to the CPU, the bank holds entries on both.
+        With `device`, every entry is moved there first, because after a runner falls back from
+        the GPU to the CPU the bank contains entries on both devices.
         """
         entries = self.permanent + list(self.recent)
         if not entries:

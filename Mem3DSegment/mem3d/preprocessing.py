@@ -94,15 +94,32 @@ def extract_crop(
     return sampled.squeeze(1)
 
 
-def paste_crop(crop: torch.Tensor, box: CropBox, shape: tuple[int, int]) -> torch.Tensor:
-    """Resample a crop (out, out) back onto a slice of `shape`; zero outside the box."""
-    out_size = crop.shape[-1]
+def box_extent(box: CropBox, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Return (row_first, row_last, col_first, col_last), inclusive, of `box` inside `shape`.
+
+    A box that lies outside the slice gives an empty extent (last < first).
+    """
     rows, cols = shape
     r_first = max(int(np.floor(box.center[0] - box.size[0] / 2)), 0)
     r_last = min(int(np.ceil(box.center[0] + box.size[0] / 2)), rows - 1)
     c_first = max(int(np.floor(box.center[1] - box.size[1] / 2)), 0)
     c_last = min(int(np.ceil(box.center[1] + box.size[1] / 2)), cols - 1)
-    result = torch.zeros(shape, dtype=torch.float32, device=crop.device)
+    return r_first, r_last, c_first, c_last
+
+
+def paste_crop(crop: torch.Tensor, box: CropBox, shape: tuple[int, int],
+               region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Resample a crop (out, out) back onto a slice of `shape`; zero outside the box.
+
+    With `region`, an extent as `box_extent` returns it, only that part of the slice is returned.
+    """
+    out_size = crop.shape[-1]
+    region = region or (0, shape[0] - 1, 0, shape[1] - 1)
+    result = torch.zeros((max(region[1] - region[0] + 1, 0), max(region[3] - region[2] + 1, 0)),
+                         dtype=torch.float32, device=crop.device)
+    r_first, r_last, c_first, c_last = box_extent(box, shape)
+    r_first, r_last = max(r_first, region[0]), min(r_last, region[1])
+    c_first, c_last = max(c_first, region[2]), min(c_last, region[3])
     if r_last < r_first or c_last < c_first:
         return result
     # Position of each slice pixel in the crop's normalised coordinates.
@@ -117,7 +134,9 @@ def paste_crop(crop: torch.Tensor, box: CropBox, shape: tuple[int, int]) -> torc
         crop.view(1, 1, out_size, out_size).float(), grid, mode="bilinear",
         padding_mode="border", align_corners=False,
     )[0, 0]
-    result[r_first : r_last + 1, c_first : c_last + 1] = values * inside[0]
+    rows = slice(r_first - region[0], r_last - region[0] + 1)
+    cols = slice(c_first - region[2], c_last - region[2] + 1)
+    result[rows, cols] = values * inside[0]
     return result
 
 

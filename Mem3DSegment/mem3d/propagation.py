@@ -27,6 +27,7 @@ from .planning import (
     parse_axis,
     plan_walks,
 )
+from .preprocessing import box_extent
 from .registration import RegistrationSettings, RegistrationWalkRunner
 from .runtime import ModelRunner
 from .walk import WalkResult, WalkRunner, WalkSettings
@@ -138,14 +139,8 @@ class PropagationSession:
         annotation = np.moveaxis(self.annotation, axis, 0)
         pixel_spacing = tuple(self.spacing[a] for a in range(3) if a != axis)
         walker = self._walk_runner(image, annotation, pixel_spacing)
-        labels = [int(v) for v in np.unique(annotation[keys]) if v != 0]
-        if not labels:
-            raise Mem3DError(f"key slices {keys.tolist()} along axis {axis} hold no label; paint "
-                             "the structure on them or choose other key slices")
-        walks = [w for label in labels for w in plan_walks(annotation, keys, label, slice_range)]
-        if not walks:
-            log.warning("nothing to propagate: every slice along axis %d within the slice range is "
-                        "a key slice, so the result is the annotation unchanged", axis)
+        labels, walks = _labels_and_walks(annotation, keys, axis, slice_range)
+
         if self._cache_axis != axis:  # cached walks ran along another axis
             self._cache.clear()
             self._cache_axis = axis
@@ -154,6 +149,7 @@ class PropagationSession:
         log.info("propagation started (%s): shape %s, axis %d, %d key slices, %d labels, "
                  "%d walks (%d reused)", self.method, self.image.shape, axis, keys.size,
                  len(labels), len(walks), len(walks) - len(pending))
+
         done, finished = 0, False
         try:
             for walk in pending:
@@ -191,6 +187,23 @@ class PropagationSession:
         for key in list(self._cache):
             if key not in wanted:
                 del self._cache[key]
+
+
+def _labels_and_walks(annotation: np.ndarray, keys: np.ndarray, axis: int, slice_range):
+    """Return the labels on the key slices and the walks that propagate them.
+
+    `annotation` has the axis first. No walk at all, for example when every slice is a key
+    slice, is logged as a warning, and the result is then the annotation unchanged.
+    """
+    labels = [int(v) for v in np.unique(annotation[keys]) if v != 0]
+    if not labels:
+        raise Mem3DError(f"key slices {keys.tolist()} along axis {axis} hold no label; paint "
+                         "the structure on them or choose other key slices")
+    walks = [w for label in labels for w in plan_walks(annotation, keys, label, slice_range)]
+    if not walks:
+        log.warning("nothing to propagate: every slice along axis %d within the slice range is "
+                    "a key slice, so the result is the annotation unchanged", axis)
+    return labels, walks
 
 
 def checked_image(image) -> np.ndarray:
@@ -241,7 +254,11 @@ def assemble(annotation: np.ndarray, axis: int, keys: np.ndarray, labels: list[i
     for index, slice_results in sorted(by_slice.items()):
         if index in key_set:
             continue
-        output_ax[index] = _merge_slice(index, shape, labels, slice_results, quality, output.dtype)
+        # Outside every crop box no walk has a probability, so the slice stays background there.
+        region = _crop_union(index, shape, slice_results)
+        rows, cols = slice(region[0], region[1] + 1), slice(region[2], region[3] + 1)
+        output_ax[index][rows, cols] = _merge_slice(index, shape, region, labels, slice_results,
+                                                    quality, output.dtype)
     for index in key_set:
         output_ax[index] = annotation_ax[index]
         for label in labels:
@@ -249,9 +266,20 @@ def assemble(annotation: np.ndarray, axis: int, keys: np.ndarray, labels: list[i
     return PropagationResult(output, quality, axis, sorted(key_set), seconds, computed)
 
 
-def _merge_slice(index, shape, labels, slice_results, quality, dtype) -> np.ndarray:
-    """Return one slice of labels: the most probable label where its probability exceeds 0.5."""
-    probabilities = torch.zeros((len(labels) + 1, *shape), dtype=torch.float32)
+def _crop_union(index: int, shape, slice_results) -> tuple[int, int, int, int]:
+    """Return the extent that covers the crop boxes of every walk on one slice."""
+    extents = [box_extent(result.boxes[index], shape) for result in slice_results]
+    extents = [e for e in extents if e[0] <= e[1] and e[2] <= e[3]]
+    if not extents:
+        return 0, -1, 0, -1
+    return (min(e[0] for e in extents), max(e[1] for e in extents),
+            min(e[2] for e in extents), max(e[3] for e in extents))
+
+
+def _merge_slice(index, shape, region, labels, slice_results, quality, dtype) -> np.ndarray:
+    """Return the labels of one slice's region: the most probable label where it exceeds 0.5."""
+    region_shape = (max(region[1] - region[0] + 1, 0), max(region[3] - region[2] + 1, 0))
+    probabilities = torch.zeros((len(labels) + 1, *region_shape), dtype=torch.float32)
     probabilities[0] = 0.5
     for label_index, label in enumerate(labels, start=1):
         weighted_quality, total_weight = 0.0, 0.0
@@ -259,7 +287,7 @@ def _merge_slice(index, shape, labels, slice_results, quality, dtype) -> np.ndar
             if result.walk.label != label:
                 continue
             weight = _blend_weight(result.walk, index)
-            probabilities[label_index] += weight * result.probability(index, shape)
+            probabilities[label_index] += weight * result.probability(index, shape, region)
             weighted_quality += weight * result.quality[index]
             total_weight += weight
         if total_weight > 0:

@@ -51,10 +51,11 @@ class WalkResult:
     quality: dict[int, float] = field(default_factory=dict)
     ended_at: int | None = None  # first slice judged empty for good, if the object ended
 
-    def probability(self, index: int, shape: tuple[int, int]) -> torch.Tensor | None:
+    def probability(self, index: int, shape: tuple[int, int], region=None) -> torch.Tensor | None:
+        """Return the probability on a slice of `shape`, or on its `region` (see paste_crop)."""
         if index not in self.crops:
             return None
-        return paste_crop(self.crops[index].float(), self.boxes[index], shape)
+        return paste_crop(self.crops[index].float(), self.boxes[index], shape, region)
 
 
 def confidence_proxy(probability: torch.Tensor) -> float:
