@@ -48,7 +48,9 @@ def register(subparsers) -> None:
                         help="give the network the previous mask as it is, not warped by demons")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     parser.add_argument("--export", type=Path,
-                        help="write the best weights to this .safetensors file when done")
+                        help="write the final weights to this .safetensors file when done")
+    parser.add_argument("--export-best", action="store_true",
+                        help="export the weights with the best validation Dice instead")
     parser.set_defaults(func=run)
 
 
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         from .training.export import export_run
 
-        export_run(trainer, args, cases, validation, args.export)
+        export_run(trainer, args, cases, validation, args.export,
+                   use_best=args.export_best)
         print(f"exported {args.export}")
     return 0
 

@@ -13,10 +13,11 @@ from ..runtime import hardware_description
 from .loop import Trainer
 
 
-def export_run(trainer: Trainer, args, cases, validation, path: Path) -> None:
+def export_run(trainer: Trainer, args, cases, validation, path: Path, use_best: bool = False) -> None:
+    """Export the final weights, or with `use_best` those of the best validation Dice."""
     best_path = trainer.settings.output / "best.pt"
     network = trainer.network
-    if best_path.exists():
+    if use_best and best_path.exists():
         state = torch.load(best_path, map_location="cpu", weights_only=True)
         network.load_state_dict(state["network"])
     network = network.to("cpu").to(memory_format=torch.contiguous_format).eval()
@@ -38,9 +39,15 @@ def export_run(trainer: Trainer, args, cases, validation, path: Path) -> None:
             "seed": trainer.settings.seed,
             "command": "mem3d train " + " ".join(_argument_text(args)),
         },
-        "validation": trainer.best,
+        "weights": "best validation Dice" if use_best else "final",
+        "validation": {"best": trainer.best, "final": _last_validation(trainer)},
     }
     save_model(network, path, metadata)
+
+
+def _last_validation(trainer: Trainer) -> dict:
+    records = [r for r in trainer.history if "val_dice" in r]
+    return records[-1] if records else {}
 
 
 def _case_text(case) -> str:
