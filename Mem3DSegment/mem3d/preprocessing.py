@@ -157,3 +157,26 @@ def normalise(crop: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
     low, high = window
     scaled = (crop - low) / (high - low)
     return torch.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+
+def object_intensity_range(crop: torch.Tensor, mask: torch.Tensor,
+                           percentiles: tuple[float, float]) -> tuple[float, float]:
+    """Return the intensities at `percentiles` of the crop's pixels inside a boolean mask."""
+    values = crop[mask].numpy()
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(values, percentiles)
+    return float(low), float(high)
+
+
+def intensity_agreement(crop: torch.Tensor, mask: torch.Tensor,
+                        intensity_range: tuple[float, float]) -> float:
+    """Return the fraction of the mask's pixels whose intensity lies in `intensity_range`.
+
+    An empty mask scores 0.
+    """
+    values = crop[mask]
+    if values.numel() == 0:
+        return 0.0
+    low, high = intensity_range
+    return float(((values >= low) & (values <= high)).float().mean())

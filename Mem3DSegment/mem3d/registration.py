@@ -36,9 +36,11 @@ from .preprocessing import (
     CropBox,
     crop_box_for_mask,
     extract_crop,
+    intensity_agreement,
     intensity_window,
     mask_center,
     normalise,
+    object_intensity_range,
     paste_crop,
 )
 from .walk import WalkResult
@@ -88,29 +90,6 @@ def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
         return mask
     pooled = F.max_pool2d(mask.float()[None, None], 2 * pixels + 1, stride=1, padding=pixels)
     return pooled[0, 0] > 0.5
-
-
-def object_intensity_range(crop: torch.Tensor, mask: torch.Tensor,
-                           percentiles: tuple[float, float]) -> tuple[float, float]:
-    """Return the intensities at `percentiles` of the crop's pixels inside a boolean mask."""
-    values = crop[mask].numpy()
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = np.percentile(values, percentiles)
-    return float(low), float(high)
-
-
-def intensity_agreement(crop: torch.Tensor, mask: torch.Tensor,
-                        intensity_range: tuple[float, float]) -> float:
-    """Return the fraction of the mask's pixels whose intensity lies in `intensity_range`.
-
-    An empty mask scores 0.
-    """
-    values = crop[mask]
-    if values.numel() == 0:
-        return 0.0
-    low, high = intensity_range
-    return float(((values >= low) & (values <= high)).float().mean())
 
 
 def register_and_warp(fixed: torch.Tensor, moving: torch.Tensor, moving_mask: torch.Tensor,

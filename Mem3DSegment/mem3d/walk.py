@@ -20,9 +20,11 @@ from .preprocessing import (
     CropBox,
     crop_box_for_mask,
     extract_crop,
+    intensity_agreement,
     intensity_window,
     mask_center,
     normalise,
+    object_intensity_range,
     paste_crop,
 )
 from .runtime import ModelRunner
@@ -39,6 +41,12 @@ class WalkSettings:
     # previous mask warped onto the current slice by quick demons (mem3d.warp). "auto": what the
     # model was trained with, from its metadata.
     prior: str = "auto"
+    # On a walk from an outermost key slice, a prediction of which less than this fraction of
+    # pixels lies within the 5th-95th percentile intensities of the key slice's object counts as
+    # empty: past the object's end, the network tends to keep a mask on neighbouring tissue.
+    # NOTE: 0.2 was chosen against 0, 0.35 and 0.5 on the training and validation cases of the
+    # benchmark (mean Dice 0.595 against 0.565 without the rule), not on the held-out ones.
+    min_intensity_agreement: float = 0.2
 
 
 @dataclass
@@ -105,6 +113,21 @@ class WalkRunner:
             raise ValueError(f"prior must be 'auto', 'previous' or 'registration', not {prior!r}")
         return prior == "registration"
 
+    def _key_intensity_range(self, walk: Walk, box: CropBox, window):
+        """Intensity range of the key object, or None where the end rule does not apply."""
+        if walk.far_key is not None or self.settings.min_intensity_agreement <= 0:
+            return None
+        mask = self._mask_crop(self.annotation[walk.start] == walk.label, box) > 0.5
+        return object_intensity_range(self._crop(walk.start, box, window), mask, (5.0, 95.0))
+
+    def _is_empty(self, image: torch.Tensor, probability: torch.Tensor, key_range) -> bool:
+        inside = probability > 0.5
+        if int(inside.sum()) < self.settings.min_object_pixels:
+            return True
+        if key_range is None:
+            return False
+        return intensity_agreement(image, inside, key_range) < self.settings.min_intensity_agreement
+
     def run(self, walk: Walk, result: WalkResult):
         """Fill `result` slice by slice, yielding each slice index after it is done."""
         key_mask = self.annotation[walk.start] == walk.label
@@ -118,6 +141,7 @@ class WalkRunner:
         previous = torch.from_numpy(key_mask.astype(np.float32))
         previous_index = walk.start
         warped = self._warped_prior()
+        key_range = self._key_intensity_range(walk, box, window)
         empty_run = 0
         for index in walk.slices:
             center = mask_center(previous.numpy() > 0.5)
@@ -129,7 +153,7 @@ class WalkRunner:
                 prior = warp_prior(image[None, None], previous_image[None, None], prior[None, None])[0, 0]
             previous_index = index
             probability, quality = self.runner.segment(image, prior, *memory.tensors(self.runner.device))
-            empty = int((probability > 0.5).sum()) < self.settings.min_object_pixels
+            empty = self._is_empty(image, probability, key_range)
             if empty:
                 probability = torch.zeros_like(probability)
             empty_run = empty_run + 1 if empty else 0
