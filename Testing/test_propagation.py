@@ -172,3 +172,69 @@ def test_quick_demons_follows_a_shift():
         return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
     assert dice(warped, current_mask > 0.5) > dice(previous_mask > 0.5, current_mask > 0.5) + 0.05
+
+
+def test_axis_stays_with_many_painted_slices():
+    annotation = np.zeros((40, 30, 30), np.uint8)
+    for index in range(2, 38, 3):  # 12 painted k slices of a thin structure
+        annotation[index, 14:17, 10:13] = 1
+    assert detect_axis(annotation) == 0
+
+
+def test_labels_on_different_slices_propagate_independently(slicerio_sample, random_model):
+    image, reference = slicerio_sample
+    annotation = np.zeros_like(reference.labels)
+    annotation[12] = np.where(reference.labels[12] == 5, 5, 0)
+    annotation[20] = np.where(reference.labels[20] == 6, 6, 0)
+    result = mem3d.propagate(image.array, annotation, image.spacing, axis=0, model=random_model,
+                             device="cpu")
+    from mem3d.planning import label_key_slices
+
+    assert label_key_slices(annotation, 5).tolist() == [12]
+    assert np.isnan(result.quality[5][20]) or result.quality[5][20] < 1.0
+    assert result.quality[5][12] == 1.0
+    assert result.quality[6][20] == 1.0
+    np.testing.assert_array_equal(result.labels[12] == 5, annotation[12] == 5)
+    np.testing.assert_array_equal(result.labels[20] == 6, annotation[20] == 6)
+
+
+def test_crop_box_grows_with_the_object():
+    from mem3d.preprocessing import grown_box
+
+    small = np.zeros((100, 100), bool)
+    small[50:52, 50:52] = True
+    large = np.zeros((100, 100), bool)
+    large[30:70, 30:70] = True
+    box = crop_box_for_mask(small, (1.0, 1.0))
+    grown = grown_box(box, large, (1.0, 1.0))
+    assert grown.size[0] >= 80
+    assert grown_box(grown, small, (1.0, 1.0)).size == grown.size
+
+
+def test_rewritten_model_file_is_reloaded(tmp_path):
+    import os
+
+    import torch
+    from mem3d.api import load_runner
+    from mem3d.checkpoints import save_model
+    from mem3d.network import STM, compact_config
+
+    path = tmp_path / "model.safetensors"
+    save_model(STM(compact_config()), path, {})
+    first = load_runner(str(path), "cpu")
+    torch.manual_seed(1)
+    save_model(STM(compact_config()), path, {})
+    os.utime(path, ns=(1, 1))  # a new modification time even on coarse file system clocks
+    second = load_runner(str(path), "cpu")
+    assert second is not first
+
+
+def test_changed_settings_recompute_walks(slicerio_sample, random_model):
+    from mem3d.walk import WalkSettings
+
+    image, reference = slicerio_sample
+    annotation = middle_slice(np.where(reference.labels == 5, 5, 0).astype(reference.labels.dtype))
+    session = mem3d.open_session(image.array, annotation, image.spacing, model=random_model, device="cpu")
+    first = len(list(session.run()))
+    session.settings = WalkSettings(recent_memory=1)
+    assert len(list(session.run())) == first

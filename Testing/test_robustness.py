@@ -55,10 +55,18 @@ def propagate(image, annotation, model, **options):
 
 
 def assert_key_slices_kept(result, annotation):
+    """Painted voxels come back as painted, and each label is exact on its own key slices.
+
+    Another label's propagation may fill unpainted voxels of a slice painted for one label.
+    """
     along_result = np.moveaxis(result.labels, result.axis, 0)
     along_annotation = np.moveaxis(annotation, result.axis, 0)
     for index in result.key_slices:
-        np.testing.assert_array_equal(along_result[index], along_annotation[index])
+        painted = along_annotation[index] != 0
+        np.testing.assert_array_equal(along_result[index][painted], along_annotation[index][painted])
+        for label in np.unique(along_annotation[index][painted]):
+            np.testing.assert_array_equal(along_result[index] == label,
+                                          along_annotation[index] == label)
 
 
 # --- Engine: annotations ------------------------------------------------------------------------
@@ -754,3 +762,39 @@ def test_logic_one_voxel_segment_needs_axis(slicer_modules, random_model):
     result = slicer_preview(slicer_modules, noise_image(), mask, random_model, axis=0)
 
     np.testing.assert_array_equal(result.labels[5], mask[5])
+
+
+def test_anatomical_axis_follows_image_direction(data_root, random_model, tmp_path, capsys):
+    from mem3d.cli import main
+    from mem3d.io import read_annotation, read_image, write_labelmap
+
+    folder = data_root / "sct_testing_data" / "t2"
+    image = read_image(folder / "t2.nii.gz")
+    labels = read_annotation(folder / "t2_seg-manual.nii.gz").labels
+    from mem3d.planning import axis_for_direction
+
+    axial = axis_for_direction("axial", image.direction)
+    assert axial != 0  # this volume stores k along left-right
+    annotation = np.zeros_like(labels)
+    take = [slice(None)] * 3
+    take[axial] = 27
+    annotation[tuple(take)] = labels[tuple(take)]
+    write_labelmap(annotation, image, tmp_path / "key.nii.gz")
+    output = tmp_path / "out.nii.gz"
+    code = main(["propagate", str(folder / "t2.nii.gz"), str(tmp_path / "key.nii.gz"), "-o",
+                 str(output), "--axis", "axial", "--model", str(random_model), "--device", "cpu"])
+    assert code == 0
+    assert f"axis {axial}," in capsys.readouterr().out
+
+
+def test_bad_montage_name_rejected_before_writing(data_root, random_model, tmp_path, capsys):
+    from mem3d.cli import main
+
+    folder = data_root / "sct_testing_data" / "t2s"
+    output = tmp_path / "out.nii.gz"
+    code = main(["propagate", str(folder / "t2s.nii.gz"), str(folder / "t2s_gmseg_manual.nii.gz"),
+                 "-o", str(output), "--montage", str(tmp_path / "m.txt"),
+                 "--model", str(random_model)])
+    assert code == 2
+    assert "png" in capsys.readouterr().err
+    assert not output.exists()

@@ -33,7 +33,8 @@ def load_runner(model: str | LoadedModel | None = None, device: str = "auto") ->
     if isinstance(model, LoadedModel):
         return ModelRunner.create(model.network, torch_device, prior_mode=_prior_mode(model))
     path = resolve_model(model or DEFAULT_MODEL)
-    key = (str(path), str(torch_device))
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, str(torch_device))  # a rewritten file reloads
     if key not in _runners:
         loaded = get_model(path, torch_device)
         _runners[key] = ModelRunner.create(loaded.network, torch_device,
@@ -43,7 +44,11 @@ def load_runner(model: str | LoadedModel | None = None, device: str = "auto") ->
 
 def _prior_mode(model: LoadedModel) -> str:
     """The prior the model was trained with; files without that entry used the unwarped mask."""
-    return model.metadata.get("prior", "previous")
+    prior = model.metadata.get("prior", "previous")
+    if prior not in ("previous", "registration"):
+        raise Mem3DError(f"model {model.path} has an unknown prior {prior!r} in its metadata; "
+                         "expected 'previous' or 'registration'")
+    return prior
 
 
 def open_session(image: np.ndarray, annotation: np.ndarray,

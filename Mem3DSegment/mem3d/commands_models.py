@@ -6,6 +6,7 @@ import json
 
 from . import registry
 from .checkpoints import load_model
+from .errors import Mem3DError
 
 
 def register(subparsers) -> None:
@@ -94,7 +95,9 @@ def run_speed(args) -> int:
     from .runtime import ModelRunner, hardware_description
     from .speed import measure
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise Mem3DError(f"--threads {args.threads}: give 1 or more threads")
         torch.set_num_threads(args.threads)
     runner = load_runner(args.model, args.device)
     if args.float32:

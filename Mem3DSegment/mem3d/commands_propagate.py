@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "propagate", help="propagate annotated slices through a volume",
-        description="Every slice (along the axis) that holds any label is a key slice; each "
+        description="Each label's key slices are the slices (along the axis) that hold it; each "
                     "label is propagated from its key slices through the volume.",
     )
     parser.add_argument("image", type=Path,
@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output labelmap (.nrrd, .nii.gz, .mha) or .seg.nrrd")
     parser.add_argument("--axis", default="auto",
-                        help="auto, axial, coronal, sagittal, or array axis 0 (k), 1 (j), 2 (i)")
+                        help="auto, axial, coronal or sagittal (taken from the image's direction "
+                             "matrix), or array axis 0 (k), 1 (j), 2 (i)")
     parser.add_argument("--method", choices=("network", "registration"), default="network",
                         help="network: the STM model (default); registration: warp each "
                              "slice's mask onto the next with 2D demons registration, no model")
@@ -67,7 +68,27 @@ def check_output_paths(args) -> None:
         folder = output.parent if str(output.parent) else Path(".")
         if not folder.is_dir():
             raise Mem3DError(f"output folder {folder} does not exist; create it first")
+        if output.is_dir():
+            raise Mem3DError(f"output {output} is a folder; give a file name")
         _check_writable(folder)
+    _check_output_formats(args)
+
+
+def _check_output_formats(args) -> None:
+    """Reject output names the writers cannot handle before spending time on propagation."""
+    from .io import IMAGE_FILE_SUFFIXES, SEGMENTATION_SUFFIX
+
+    name = args.output.name
+    if not name.endswith(IMAGE_FILE_SUFFIXES + (SEGMENTATION_SUFFIX,)):
+        raise Mem3DError(f"output {args.output} has an unsupported extension; use one of "
+                         f"{', '.join(IMAGE_FILE_SUFFIXES + (SEGMENTATION_SUFFIX,))} (lower case)")
+    if args.montage is not None:
+        if args.montage.suffix.lower() != ".png":
+            raise Mem3DError(f"--montage {args.montage}: give a .png file name")
+        try:
+            import matplotlib  # noqa: F401
+        except ModuleNotFoundError as error:
+            raise Mem3DError("--montage needs matplotlib: pip install matplotlib") from error
 
 
 def _check_writable(folder: Path) -> None:
@@ -129,8 +150,10 @@ def grid_without_voxels(volume):
 
 def propagate_with_progress(image, annotation, args):
     from .api import open_session
+    from .planning import axis_for_direction
 
-    session = open_session(image.array, annotation.labels, image.spacing, axis=args.axis,
+    axis = axis_for_direction(args.axis, image.direction)
+    session = open_session(image.array, annotation.labels, image.spacing, axis=axis,
                            model=args.model, device=args.device,
                            method=getattr(args, "method", "network"))
     show = not args.no_progress and sys.stderr.isatty()

@@ -1,7 +1,9 @@
 """Choose the propagation axis and key slices, and plan the walks that cover each object.
 
-Arrays are (k, j, i); axis 0 is k. A key slice is a slice along the axis that holds any label.
-On a key slice, 0 means background: an object absent from a key slice ends before it.
+Arrays are (k, j, i); axis 0 is k. By default each label's key slices are the slices along the
+axis that hold that label, so segments painted on different slices propagate independently.
+When the caller lists the key slices explicitly, they are key slices of every label, and on a
+key slice 0 means background: a label absent from a listed key slice ends before it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import numpy as np
 
 from .errors import Mem3DError
 
+# For bare arrays, which carry no orientation, anatomical names stand for array axes as in a
+# volume stored axially: axial slices are k slices. Files use `axis_for_direction` instead.
 AXIS_NAMES = {"axial": 0, "coronal": 1, "sagittal": 2, "0": 0, "1": 1, "2": 2, "k": 0, "j": 1, "i": 2}
+# Row of the LPS direction matrix that each anatomical slice orientation is perpendicular to.
+ANATOMICAL_NORMALS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def parse_axis(axis) -> int | None:
@@ -27,22 +33,46 @@ def parse_axis(axis) -> int | None:
     return AXIS_NAMES[name]
 
 
+def axis_for_direction(axis, direction) -> int | None:
+    """Return the array axis for an axis name given a volume's 3x3 direction matrix (row-major).
+
+    An anatomical name picks the array axis whose index direction is closest to the slice
+    normal (superior for axial, posterior for coronal, left for sagittal), so a volume stored
+    sagittally still gets axial slices. Numbers and "auto" are handled as by `parse_axis`.
+    """
+    name = str(axis).lower()
+    if name not in ANATOMICAL_NORMALS:
+        return parse_axis(axis)
+    directions = np.asarray(direction, dtype=float).reshape(3, 3)
+    # Column n of the direction matrix is the direction of index axis n = (i, j, k).
+    index_axis = int(np.argmax(np.abs(directions[ANATOMICAL_NORMALS[name]])))
+    return 2 - index_axis
+
+
 def annotated_slices(annotation: np.ndarray, axis: int) -> np.ndarray:
     other = tuple(a for a in range(3) if a != axis)
     return np.flatnonzero(annotation.any(axis=other))
 
 
-def detect_axis(annotation: np.ndarray) -> int:
-    """Pick the axis along which the annotation lies in the fewest slices.
+def _is_sparse(slices: np.ndarray) -> bool:
+    """True for one slice, or for several with gaps between them: painted slices, not a block."""
+    return slices.size == 1 or slices.size < slices[-1] - slices[0] + 1
 
-    A mask painted on one axial slice covers 1 slice along k and many along j and i. When two
-    axes tie for the fewest slices, the drawing does not tell the axis, and the caller must.
+
+def detect_axis(annotation: np.ndarray) -> int:
+    """Pick the axis along which the annotation lies on separate slices.
+
+    A mask painted on axial slices covers one slice, or several with gaps, along k, but a
+    contiguous run of slices along j and i. Among the axes with that pattern (all axes when none
+    has it), the one with the fewest slices wins. When two tie, the caller must give the axis.
     """
-    counts = [annotated_slices(annotation, axis).size for axis in range(3)]
-    if counts[0] == 0:
+    slices = [annotated_slices(annotation, axis) for axis in range(3)]
+    if slices[0].size == 0:
         raise Mem3DError("the annotation is empty: paint the structure on at least one slice")
-    fewest = min(counts)
-    tied = [axis for axis in range(3) if counts[axis] == fewest]
+    candidates = [axis for axis in range(3) if _is_sparse(slices[axis])] or [0, 1, 2]
+    counts = {axis: slices[axis].size for axis in candidates}
+    fewest = min(counts.values())
+    tied = [axis for axis in candidates if counts[axis] == fewest]
     if len(tied) > 1:
         raise Mem3DError(
             f"cannot tell the propagation axis: the annotation covers {fewest} slices along "
@@ -83,11 +113,18 @@ class Walk:
         return range(self.start + self.direction, self.stop, self.direction)
 
 
+def label_key_slices(annotation_along_axis: np.ndarray, label: int) -> np.ndarray:
+    """Return the slices (axis first) that hold `label`: its key slices by default."""
+    return np.flatnonzero((annotation_along_axis == label).any(axis=(1, 2)))
+
+
 def plan_walks(annotation_along_axis: np.ndarray, key_slices: np.ndarray, label: int,
                slice_range: tuple[int, int] | None = None) -> list[Walk]:
     """Plan the walks for one label; `annotation_along_axis` has the axis first.
 
-    `slice_range` (first, last), inclusive, limits where the object may be propagated.
+    `key_slices` are the label's key slices: a walk stops at the next one, and a key slice
+    without the label ends the label there. `slice_range` (first, last), inclusive, limits where
+    the object may be propagated.
     """
     count = annotation_along_axis.shape[0]
     first, last = (0, count - 1) if slice_range is None else slice_range

@@ -66,6 +66,20 @@ def crop_box_for_mask(
     return CropBox(((r0 + r1) / 2.0, (c0 + c1) / 2.0), size)
 
 
+def grown_box(box: CropBox, mask: np.ndarray, pixel_spacing: tuple[float, float],
+              margin: float = CROP_MARGIN) -> CropBox:
+    """Recentre `box` on a 2D mask, enlarged when the mask's own crop would be larger.
+
+    The box never shrinks, so a walk that starts on a small end slice of an object keeps the
+    whole object inside the crop where it grows. An empty mask leaves the box as it is.
+    """
+    center = mask_center(mask)
+    if center is None:
+        return box
+    own = crop_box_for_mask(mask, pixel_spacing, margin)
+    return CropBox(center, (max(box.size[0], own.size[0]), max(box.size[1], own.size[1])))
+
+
 def _sampling_grid(box: CropBox, shape: tuple[int, int], out_size: int) -> torch.Tensor:
     """Return a grid_sample grid (1, out, out, 2) that reads `box` out of a slice of `shape`."""
     rows, cols = shape

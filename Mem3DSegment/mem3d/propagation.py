@@ -24,6 +24,7 @@ from .planning import (
     annotated_slices,
     checked_slice_range,
     detect_axis,
+    label_key_slices,
     parse_axis,
     plan_walks,
 )
@@ -139,7 +140,8 @@ class PropagationSession:
         annotation = np.moveaxis(self.annotation, axis, 0)
         pixel_spacing = tuple(self.spacing[a] for a in range(3) if a != axis)
         walker = self._walk_runner(image, annotation, pixel_spacing)
-        labels, walks = _labels_and_walks(annotation, keys, axis, slice_range)
+        label_keys, walks = _labels_and_walks(annotation, keys, axis, slice_range,
+                                              explicit=self.key_slices is not None)
 
         if self._cache_axis != axis:  # cached walks ran along another axis
             self._cache.clear()
@@ -148,7 +150,7 @@ class PropagationSession:
         total = sum(len(w.slices) for w in pending)
         log.info("propagation started (%s): shape %s, axis %d, %d key slices, %d labels, "
                  "%d walks (%d reused)", self.method, self.image.shape, axis, keys.size,
-                 len(labels), len(walks), len(walks) - len(pending))
+                 len(label_keys), len(walks), len(walks) - len(pending))
 
         done, finished = 0, False
         try:
@@ -160,7 +162,7 @@ class PropagationSession:
                 self._cache[self._walk_key(walk, annotation)] = walk_result
             self._keep_only(walks, annotation)
             results = [self._cache[self._walk_key(w, annotation)] for w in walks]
-            self.result = assemble(self.annotation, axis, keys, labels, results, done, 0.0)
+            self.result = assemble(self.annotation, axis, label_keys, results, done, 0.0)
             self.result.seconds = time.monotonic() - started  # assembling included
             finished = True
         finally:
@@ -175,12 +177,20 @@ class PropagationSession:
         return WalkRunner(self.runner, image, annotation, pixel_spacing, self.settings)
 
     def _walk_key(self, walk: Walk, annotation: np.ndarray) -> tuple:
-        """Identify a walk by its method, its plan and the masks of its key slices."""
+        """Identify a walk by everything its result depends on.
+
+        That is the method and its settings, the spacing, the plan and the key slices' masks.
+        Layouts that also encode the other objects' masks ("o") depend on every label there.
+        """
+        other_objects = self.runner is not None and self.runner.network.config.second_mask == "o"
         digest = hashlib.sha1()
         for index in (walk.start, walk.far_key):
-            if index is not None:
-                digest.update(np.packbits(annotation[index] == walk.label).tobytes())
-        return self.method, walk, digest.hexdigest()
+            if index is None:
+                continue
+            content = annotation[index] if other_objects else annotation[index] == walk.label
+            digest.update(np.ascontiguousarray(content).tobytes())
+        settings = (self.settings, self.registration_settings, tuple(self.spacing))
+        return self.method, settings, walk, digest.hexdigest()
 
     def _keep_only(self, walks, annotation) -> None:
         wanted = {self._walk_key(w, annotation) for w in walks}
@@ -189,21 +199,31 @@ class PropagationSession:
                 del self._cache[key]
 
 
-def _labels_and_walks(annotation: np.ndarray, keys: np.ndarray, axis: int, slice_range):
-    """Return the labels on the key slices and the walks that propagate them.
+def _labels_and_walks(annotation: np.ndarray, keys: np.ndarray, axis: int, slice_range,
+                      explicit: bool):
+    """Return each label's key slices and the walks that propagate the labels.
 
-    `annotation` has the axis first. No walk at all, for example when every slice is a key
-    slice, is logged as a warning, and the result is then the annotation unchanged.
+    `annotation` has the axis first. With `explicit` key slices every label shares `keys`;
+    otherwise each label's key slices are the slices that hold it. No walk at all, for example
+    when every slice is a key slice, is logged as a warning, and the result is then the
+    annotation unchanged.
     """
     labels = [int(v) for v in np.unique(annotation[keys]) if v != 0]
     if not labels:
         raise Mem3DError(f"key slices {keys.tolist()} along axis {axis} hold no label; paint "
                          "the structure on them or choose other key slices")
-    walks = [w for label in labels for w in plan_walks(annotation, keys, label, slice_range)]
+    label_keys = {label: keys if explicit else label_key_slices(annotation, label)
+                  for label in labels}
+    if slice_range is not None and not any(
+            ((k >= slice_range[0]) & (k <= slice_range[1])).any() for k in label_keys.values()):
+        raise Mem3DError(f"no key slice lies in the slice range {slice_range}; widen the range "
+                         "or paint a slice inside it")
+    walks = [w for label in labels
+             for w in plan_walks(annotation, label_keys[label], label, slice_range)]
     if not walks:
         log.warning("nothing to propagate: every slice along axis %d within the slice range is "
                     "a key slice, so the result is the annotation unchanged", axis)
-    return labels, walks
+    return label_keys, walks
 
 
 def checked_image(image) -> np.ndarray:
@@ -238,9 +258,14 @@ def _blend_weight(walk: Walk, index: int) -> float:
     return abs(walk.far_key - index) / abs(walk.far_key - walk.start)
 
 
-def assemble(annotation: np.ndarray, axis: int, keys: np.ndarray, labels: list[int],
+def assemble(annotation: np.ndarray, axis: int, label_keys: dict[int, np.ndarray],
              results: list[WalkResult], computed: int, seconds: float) -> PropagationResult:
-    """Blend the walks slice by slice, pick one label per voxel, restore the key slices."""
+    """Blend the walks slice by slice, pick one label per voxel, restore the painted voxels.
+
+    Walks never enter their own label's key slices, so on a key slice a label keeps exactly
+    its painted voxels; another label's walk may fill the rest of that slice.
+    """
+    labels = sorted(label_keys)
     annotation_ax = np.moveaxis(annotation, axis, 0)
     output = np.zeros_like(annotation)
     output_ax = np.moveaxis(output, axis, 0)
@@ -250,20 +275,19 @@ def assemble(annotation: np.ndarray, axis: int, keys: np.ndarray, labels: list[i
     for result in results:
         for index in result.crops:
             by_slice.setdefault(index, []).append(result)
-    key_set = set(int(k) for k in keys)
     for index, slice_results in sorted(by_slice.items()):
-        if index in key_set:
-            continue
         # Outside every crop box no walk has a probability, so the slice stays background there.
         region = _crop_union(index, shape, slice_results)
         rows, cols = slice(region[0], region[1] + 1), slice(region[2], region[3] + 1)
         output_ax[index][rows, cols] = _merge_slice(index, shape, region, labels, slice_results,
                                                     quality, output.dtype)
+    key_set = sorted({int(k) for keys in label_keys.values() for k in keys})
     for index in key_set:
-        output_ax[index] = annotation_ax[index]
-        for label in labels:
-            quality[label][index] = 1.0
-    return PropagationResult(output, quality, axis, sorted(key_set), seconds, computed)
+        painted = annotation_ax[index] != 0
+        output_ax[index][painted] = annotation_ax[index][painted]
+    for label, keys in label_keys.items():
+        quality[label][keys] = 1.0
+    return PropagationResult(output, quality, axis, key_set, seconds, computed)
 
 
 def _crop_union(index: int, shape, slice_results) -> tuple[int, int, int, int]:

@@ -36,9 +36,9 @@ from .preprocessing import (
     CropBox,
     crop_box_for_mask,
     extract_crop,
+    grown_box,
     intensity_agreement,
     intensity_window,
-    mask_center,
     normalise,
     object_intensity_range,
     paste_crop,
@@ -137,18 +137,6 @@ class RegistrationWalkRunner:
         side = int(round(max(box.size)))
         return int(min(max(side, self.settings.min_crop_size), self.settings.max_crop_size))
 
-    def _grown_box(self, box: CropBox, mask: np.ndarray) -> CropBox:
-        """Recentre `box` on `mask`, enlarged when the mask's own crop would be larger.
-
-        The box never shrinks, so a walk that starts on a small end slice of an object keeps
-        the whole object inside the crop where it grows.
-        """
-        center = mask_center(mask)
-        if center is None:
-            return box
-        own = crop_box_for_mask(mask, self.pixel_spacing, self.settings.crop_margin)
-        return CropBox(center, (max(box.size[0], own.size[0]), max(box.size[1], own.size[1])))
-
     def run(self, walk: Walk, result: WalkResult):
         """Fill `result` slice by slice, yielding each slice index after it is done."""
         settings = self.settings
@@ -165,7 +153,7 @@ class RegistrationWalkRunner:
         previous = torch.from_numpy(key_mask.astype(np.float32))
         previous_index = walk.start
         for index in walk.slices:
-            box = self._grown_box(box, previous.numpy() > 0.5)
+            box = grown_box(box, previous.numpy() > 0.5, self.pixel_spacing, settings.crop_margin)
             size = self.crop_size(box)
             fixed = self._crop(index, box, size, window)
             moving = self._crop(previous_index, box, size, window)

@@ -1,9 +1,10 @@
 """Run one walk: propagate one object slice by slice from a key slice in one direction.
 
-Each slice is cropped around where the object was on the previous slice (a crop of fixed size
-in mm, set on the key slice), resized to the network input, segmented from the memory bank with
-the previous slice's mask as prior, and kept as a crop. Crops are pasted into full slices only
-when the result is assembled, so a walk stores about 32 KB per slice whatever the slice size.
+Each slice is cropped around where the object was on the previous slice (a square in mm, set on
+the key slice and enlarged when the object outgrows it), resized to the network input, segmented
+from the memory bank with the previous slice's mask as prior, and kept as a crop. Crops are
+pasted into full slices only when the result is assembled, so a walk stores about 32 KB per
+slice whatever the slice size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .preprocessing import (
     CropBox,
     crop_box_for_mask,
     extract_crop,
+    grown_box,
     intensity_agreement,
     intensity_window,
     mask_center,
@@ -145,7 +147,7 @@ class WalkRunner:
         empty_run = 0
         for index in walk.slices:
             center = mask_center(previous.numpy() > 0.5)
-            box = box.moved_to(center) if center is not None else box
+            box = grown_box(box, previous.numpy() > 0.5, self.pixel_spacing, self.settings.crop_margin)
             image = self._crop(index, box, window)
             prior = extract_crop(previous[None], box, self.size)[0]
             if warped and center is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Mem3DError
-from ..planning import parse_axis
+from ..planning import axis_for_direction
 from ..training.cases import resolve_path
 from .metrics import extent
 
@@ -29,8 +29,6 @@ CASE_COLUMNS = ("image", "labelmap", "label", "name")
 SPLITS = ("held-out", "validation", "seen")
 # A case needs the key slice and at least one slice on each side of it.
 MIN_EXTENT_SLICES = 3
-# Row of the LPS direction matrix that each anatomical slice orientation is perpendicular to.
-ANATOMICAL_NORMALS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def packaged_list(name: str) -> Path:
@@ -138,22 +136,11 @@ def _case_from_row(row: dict, line: int, csv_path: Path, data_root: Path, traini
 
 
 def resolve_axis(axis: str, direction: tuple[float, ...]) -> int:
-    """Return the array axis for "axial", "coronal" or "sagittal", or for 0, 1 or 2.
-
-    An anatomical name picks the array axis whose index direction is closest to the slice
-    normal (superior for axial, posterior for coronal, left for sagittal), so a volume stored
-    sagittally still gets axial slices. Array axis 0 is k, 1 is j and 2 is i.
-    """
-    name = str(axis).lower()
-    if name in ANATOMICAL_NORMALS:
-        directions = np.asarray(direction, dtype=float).reshape(3, 3)
-        # Column n of the direction matrix is the direction of index axis n = (i, j, k).
-        index_axis = int(np.argmax(np.abs(directions[ANATOMICAL_NORMALS[name]])))
-        return 2 - index_axis
-    parsed = parse_axis(axis)
-    if parsed is None:
+    """Return the array axis for "axial", "coronal" or "sagittal", or for 0, 1 or 2."""
+    resolved = axis_for_direction(axis, direction)
+    if resolved is None:
         raise Mem3DError(f"benchmark axis {axis!r} is not one of axial, coronal, sagittal, 0, 1, 2")
-    return parsed
+    return resolved
 
 
 def load_case(case: BenchmarkCase, axis: str) -> LoadedCase | str:
