@@ -431,6 +431,10 @@ class Mem3DSegmentLogic:
 
     # --- Models ----------------------------------------------------------------------------------
 
+    def releaseSession(self) -> None:
+        """Drop the kept session (its copy of the volume and its walks); models stay loaded."""
+        self._session, self._sessionKey = None, None
+
     def unloadModels(self) -> None:
         """Drop the kept session and every loaded model, freeing their (GPU) memory."""
         self._session, self._sessionKey = None, None

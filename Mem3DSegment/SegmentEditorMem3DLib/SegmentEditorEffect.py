@@ -189,7 +189,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
         self.previewResult = None
 
     def reset(self):
+        # Apply and Cancel end here: the kept session holds a copy of the volume, so drop it.
+        import Mem3DSegment
+
         self.previewResult = None
+        Mem3DSegment.sharedLogic().releaseSession()
         AbstractScriptedSegmentEditorAutoCompleteEffect.reset(self)
 
     def onGoToLeastCertainSlice(self):
