@@ -85,4 +85,4 @@ def _print_table(rows) -> None:
     for name, value, seconds, slices in rows:
         print(f"{name:<28} {value:6.3f} {seconds:8.2f} {slices:7d}")
     mean = float(np.mean([r[1] for r in rows]))
-    print(f"{'mean':<28} {mean:6.3f} {sum(r[2] for r in rows):8.2f}")
+    print(f"{'mean Dice, total seconds':<28} {mean:6.3f} {sum(r[2] for r in rows):8.2f}")

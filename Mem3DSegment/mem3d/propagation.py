@@ -58,14 +58,19 @@ class PropagationResult:
     slices_computed: int
 
     def least_certain_slice(self) -> tuple[int, int] | None:
-        """Return (label, slice index) with the lowest quality estimate, or None."""
+        """Return (label, slice index) with the lowest quality estimate, or None.
+
+        Only slices where the label is in the result count: a slice past the object's end,
+        left empty, has nothing to correct.
+        """
+        other = tuple(a for a in range(3) if a != self.axis)
         best = None
         for label, values in self.quality.items():
-            if np.all(np.isnan(values)):
-                continue
-            index = int(np.nanargmin(values))
-            if best is None or values[index] < best[2]:
-                best = (label, index, values[index])
+            present = (self.labels == label).any(axis=other)
+            candidates = np.where(present & ~np.isnan(values), values, np.inf)
+            index = int(np.argmin(candidates))
+            if np.isfinite(candidates[index]) and (best is None or candidates[index] < best[2]):
+                best = (label, index, float(candidates[index]))
         return None if best is None else best[:2]
 
 
