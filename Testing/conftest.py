@@ -11,7 +11,7 @@ import pytest
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 # Slicer puts the scripted module's folder on sys.path, so the engine package is importable
-# without installing it; the tests do the same when `pip install -e .` has not been run.
+# without installing it. The tests do the same when `pip install -e .` has not been run.
 try:
     import mem3d  # noqa: F401
 except ModuleNotFoundError:

@@ -189,7 +189,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
         self.previewResult = None
 
     def reset(self):
-        # Apply and Cancel end here: the kept session holds a copy of the volume, so drop it.
+        # Apply and Cancel end here: the kept session contains a copy of the volume, so drop it.
         import Mem3DSegment
 
         self.previewResult = None

@@ -43,7 +43,7 @@ def load_runner(model: str | LoadedModel | None = None, device: str = "auto") ->
 
 
 def _prior_mode(model: LoadedModel) -> str:
-    """The prior the model was trained with; files without that entry used the unwarped mask."""
+    """Return the prior the model was trained with; files without that entry used the unwarped mask."""
     prior = model.metadata.get("prior", "previous")
     if prior not in ("previous", "registration"):
         raise Mem3DError(f"model {model.path} has an unknown prior {prior!r} in its metadata; "

@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_report(results, args.report)
     print(summary_text(results["summary"]))
+    # NOTE: one of two full runs on 2026-12-04 aborted with "malloc_consolidate(): unaligned
+    # fastbin chunk detected" after this line, while the interpreter shut down (torch, ITK and
+    # SimpleITK are loaded together); the outputs were already complete. Not reproduced since.
     print(f"benchmark finished in {results['seconds']:.0f} s"
           + (f"; results in {args.json}" if args.json else "")
           + (f"; report in {args.report}" if args.report else ""))

@@ -2,7 +2,7 @@
 
 The sample (128x128x34 voxels, seven segments) ships inside the `slicerio` package, so the demo
 runs offline. Each segment is annotated on the middle slice of its own extent and propagated on
-its own; the table compares the result with the full reference segment.
+its own. The table compares the result with the full reference segment.
 """
 
 from __future__ import annotations

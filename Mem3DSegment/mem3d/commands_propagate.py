@@ -186,7 +186,10 @@ def _key_slice_mask(result, shape) -> np.ndarray:
 
 
 def write_quality_csv(result, path: Path) -> None:
-    """One row per label and slice: label, slice, key slice flag, quality (empty if not run)."""
+    """Write one row per label and slice: label, slice, axis, key slice flag, quality.
+
+    The quality is empty on slices that were not computed.
+    """
     temporary = path.with_name(f".{path.name}.partial")
     keys = set(result.key_slices)
     try:

@@ -7,14 +7,14 @@ from collections import deque
 import torch
 
 # Predicted slices kept in memory besides the key slices. The compact model was trained with
-# clips whose memory holds the key slice and up to three predicted slices.
+# clips whose memory contains the key slice and up to three predicted slices.
 RECENT_SLICES = 3
 
 
 class MemoryBank:
     """Key slices stay for the whole walk; predicted slices enter a first-in, first-out queue.
 
-    The bank holds at most `len(key entries) + recent` slices however long the walk is, so memory
+    The bank contains at most `len(key entries) + recent` slices however long the walk is, so memory
     use does not grow with the number of slices.
     """
 

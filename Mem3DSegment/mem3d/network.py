@@ -40,7 +40,7 @@ class NetworkConfig:
     second_mask: str = "bg"  # "bg": 1 - mask (Mem3D conv1_bg); "o": other objects (STM conv1_o)
     aspp: bool = False  # ASPP decoder head (Decoder.layer5) instead of Decoder.convFM
     quality: str = "none"  # "none", "saq" (Mem3D's IoU head) or "compact" (this project's)
-    prior_mask: bool = False  # query encoder also sees the previous slice's mask (conv1_p)
+    prior_mask: bool = False  # query encoder also takes the previous slice's mask (conv1_p)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     input_size: int = 384  # side of the square network input, in pixels
@@ -166,8 +166,8 @@ def make_stage(block: str, in_channels: int, width: int, depth: int, stride: int
 class Encoder(nn.Module):
     """ResNet trunk to stride 16 with extra 1-channel stem inputs summed into the first conv.
 
-    `extra_inputs` names the extra stems: the memory encoder has `conv1_m` (the object's mask)
-    and `conv1_bg` or `conv1_o`; the compact query encoder has `conv1_p` (the prior mask).
+    `extra_inputs` names the extra stems. The memory encoder has `conv1_m` (the object's mask)
+    and `conv1_bg` or `conv1_o`, and the compact query encoder has `conv1_p` (the prior mask).
     """
 
     def __init__(self, config: NetworkConfig, extra_inputs: tuple[str, ...]):

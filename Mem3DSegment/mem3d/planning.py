@@ -98,7 +98,7 @@ def checked_slice_range(slice_range, count: int) -> tuple[int, int] | None:
 class Walk:
     """Propagate one object from key slice `start` in `direction` up to `stop` (exclusive).
 
-    `far_key` is the key slice at `stop` when the object is present there too; it joins the
+    `far_key` is the key slice at `stop` when the object is present there too. It joins the
     memory, and the slices in between blend this walk with the opposite one.
     """
 

@@ -1,6 +1,6 @@
 """Crop a square region around an object, resize it to the network input, and paste it back.
 
-Training and inference share these functions, so the network sees crops made the same way in
+Training and inference share these functions, so the network gets crops made the same way in
 both. A crop is square in millimetres: with anisotropic in-plane spacing its sides differ in
 pixels, and resizing to the square network input makes the pixels isotropic.
 """

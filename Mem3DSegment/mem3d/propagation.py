@@ -151,7 +151,8 @@ class PropagationSession:
         if self._cache_axis != axis:  # cached walks ran along another axis
             self._cache.clear()
             self._cache_axis = axis
-        pending = [w for w in walks if self._walk_key(w, annotation) not in self._cache]
+        walk_keys = {walk: self._walk_key(walk, annotation) for walk in walks}
+        pending = [w for w in walks if walk_keys[w] not in self._cache]
         total = sum(len(w.slices) for w in pending)
         log.info("propagation started (%s): shape %s, axis %d, %d key slices, %d labels, "
                  "%d walks (%d reused)", self.method, self.image.shape, axis, keys.size,
@@ -164,9 +165,9 @@ class PropagationSession:
                 for index in walker.run(walk, walk_result):
                     done += 1
                     yield Progress(done, total, walk.label, index)
-                self._cache[self._walk_key(walk, annotation)] = walk_result
-            self._keep_only(walks, annotation)
-            results = [self._cache[self._walk_key(w, annotation)] for w in walks]
+                self._cache[walk_keys[walk]] = walk_result
+            self._keep_only(set(walk_keys.values()))
+            results = [self._cache[walk_keys[w]] for w in walks]
             self.result = assemble(self.annotation, axis, label_keys, results, done, 0.0)
             self.result.seconds = time.monotonic() - started  # assembling included
             finished = True
@@ -197,8 +198,8 @@ class PropagationSession:
         settings = (self.settings, self.registration_settings, tuple(self.spacing))
         return self.method, settings, walk, digest.hexdigest()
 
-    def _keep_only(self, walks, annotation) -> None:
-        wanted = {self._walk_key(w, annotation) for w in walks}
+    def _keep_only(self, wanted: set) -> None:
+        """Forget cached walks that the current plan no longer uses."""
         for key in list(self._cache):
             if key not in wanted:
                 del self._cache[key]
@@ -268,7 +269,7 @@ def assemble(annotation: np.ndarray, axis: int, label_keys: dict[int, np.ndarray
     """Blend the walks slice by slice, pick one label per voxel, restore the painted voxels.
 
     Walks never enter their own label's key slices, so on a key slice a label keeps exactly
-    its painted voxels; another label's walk may fill the rest of that slice.
+    its painted voxels. Another label's walk may fill the rest of that slice.
     """
     labels = sorted(label_keys)
     annotation_ax = np.moveaxis(annotation, axis, 0)

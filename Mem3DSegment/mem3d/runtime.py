@@ -41,9 +41,9 @@ def cpu_supports_bf16() -> bool:
 class ModelRunner:
     """A network on a device, with the autocast that suits it.
 
-    On CPUs with bfloat16 support (AVX-512 BF16 or AMX) autocast runs the convolutions in
-    bfloat16, which the compact model was trained with; elsewhere the CPU runs float32. On CUDA,
-    float16 autocast is used.
+    On CPUs with bfloat16 support (AVX-512 BF16 or AMX), autocast runs the convolutions in
+    bfloat16, which the compact model was trained with. Other CPUs run float32, and CUDA runs
+    float16 autocast.
     """
 
     network: STM

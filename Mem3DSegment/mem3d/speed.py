@@ -26,7 +26,7 @@ class SpeedReport:
 
 
 def synthetic_volume(shape=(200, 256, 256), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A noisy image with a bright ellipsoid, and its mask drawn on the middle slice only."""
+    """Return a noisy image with a bright ellipsoid, and its mask on the middle slice only."""
     rng = np.random.default_rng(seed)
     k, j, i = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
     inside = (k / 0.8) ** 2 + (j / 0.3) ** 2 + (i / 0.25) ** 2 <= 1

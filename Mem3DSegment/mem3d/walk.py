@@ -1,8 +1,8 @@
 """Run one walk: propagate one object slice by slice from a key slice in one direction.
 
-Each slice is cropped around where the object was on the previous slice (a square in mm, set on
-the key slice and enlarged when the object outgrows it), resized to the network input, segmented
-from the memory bank with the previous slice's mask as prior, and kept as a crop. Crops are
+Each slice is cropped around where the object was on the previous slice. The crop is a square in
+mm, set on the key slice and enlarged when the object outgrows it. It is resized to the network
+input and segmented from the memory bank, with the previous slice's mask as prior. Crops are
 pasted into full slices only when the result is assembled, so a walk stores about 32 KB per
 slice whatever the slice size.
 """
@@ -132,6 +132,7 @@ class WalkRunner:
 
     def run(self, walk: Walk, result: WalkResult):
         """Fill `result` slice by slice, yielding each slice index after it is done."""
+        # Key slices: the crop, intensity window and memory that the whole walk uses.
         key_mask = self.annotation[walk.start] == walk.label
         box = crop_box_for_mask(key_mask, self.pixel_spacing, self.settings.crop_margin)
         window = intensity_window(extract_crop(self._slice(walk.start)[None], box, self.size))
@@ -140,20 +141,24 @@ class WalkRunner:
         if walk.far_key is not None:
             far_center = mask_center(self.annotation[walk.far_key] == walk.label)
             self._encode_key(memory, walk.far_key, walk.label, box.moved_to(far_center), window)
-        previous = torch.from_numpy(key_mask.astype(np.float32))
-        previous_index = walk.start
         warped = self._warped_prior()
         key_range = self._key_intensity_range(walk, box, window)
+
+        previous = torch.from_numpy(key_mask.astype(np.float32))
+        previous_index = walk.start
         empty_run = 0
         for index in walk.slices:
-            center = mask_center(previous.numpy() > 0.5)
-            box = grown_box(box, previous.numpy() > 0.5, self.pixel_spacing, self.settings.crop_margin)
+            # Crop around the previous slice's mask and build the prior from it.
+            previous_mask = previous.numpy() > 0.5
+            box = grown_box(box, previous_mask, self.pixel_spacing, self.settings.crop_margin)
             image = self._crop(index, box, window)
             prior = extract_crop(previous[None], box, self.size)[0]
-            if warped and center is not None:
+            if warped and previous_mask.any():
                 previous_image = self._crop(previous_index, box, window)
                 prior = warp_prior(image[None, None], previous_image[None, None], prior[None, None])[0, 0]
             previous_index = index
+
+            # Segment, and decide whether the object has ended.
             probability, quality = self.runner.segment(image, prior, *memory.tensors(self.runner.device))
             empty = self._is_empty(image, probability, key_range)
             if empty:
@@ -165,5 +170,6 @@ class WalkRunner:
             if empty_run >= self.settings.stop_after_empty:
                 result.ended_at = index
                 return
+
             memory.add_predicted(*self.runner.encode_memory(image, probability, None))
             previous = paste_crop(probability, box, previous.shape)

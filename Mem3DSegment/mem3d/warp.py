@@ -2,7 +2,7 @@
 
 The compact model can take as prior the previous slice's mask warped onto the current slice, so
 it corrects a registration instead of predicting from an unmoved mask. This batched version runs
-inside the training step and the propagation loop; it works on the network's input crops, which
+inside the training step and the propagation loop. It works on the network's input crops, which
 are already scaled to [0, 1] with the same intensity window.
 """
 
@@ -61,8 +61,8 @@ def demons(fixed: torch.Tensor, moving: torch.Tensor, iterations: int = ITERATIO
            sigma: float = FIELD_SMOOTHING) -> torch.Tensor:
     """Return the displacement (B, 2, H, W) such that moving(x + u(x)) matches fixed(x).
 
-    Thirion's demons with the fixed image's gradient as the force and Gaussian smoothing of
-    the whole field after each update; fixed and moving are (B, 1, H, W) in [0, 1].
+    This is Thirion's demons with the fixed image's gradient as the force and Gaussian smoothing
+    of the whole field after each update. Fixed and moving are (B, 1, H, W) in [0, 1].
     """
     fixed, moving = fixed.float(), moving.float()
     kernel = _gaussian_kernel(sigma).to(fixed.device)

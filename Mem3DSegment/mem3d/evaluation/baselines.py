@@ -5,7 +5,7 @@
   method behind Slicer's "Fill between slices". It needs two key slices and fills nothing
   beyond the outermost ones.
 - registration: the engine's `method="registration"` session (2D demons between neighbouring
-  slices), on its own or told the true extent; see `registration_session`.
+  slices), on its own or given the true extent; see `registration_session`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Clips of slices for training: a key slice with its mask and the slices that follow it.
 
 A clip walks from a key slice along a random axis with a random step. A share of clips starts
-next to an end of the object and walks past it, so that the network sees empty target slices
+next to an end of the object and walks past it, so that the network is trained on empty target slices
 and learns where an object stops.
 """
 

@@ -42,7 +42,7 @@ def _spans_enough(mask_slices: tuple[slice, ...]) -> bool:
 
 
 def label_objects(volume: int, labels: np.ndarray) -> list[TrainingObject]:
-    """Each label value as one object, plus each of its 3D components when it has several."""
+    """Return each label value as one object, plus each of its 3D components when it has several."""
     objects = []
     for value in np.unique(labels):
         if value == 0:
